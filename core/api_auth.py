@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+from ninja.security import HttpBearer
+
+from core.tokens import token_authenticate
+
+
+class TokenAuth(HttpBearer):
+    """``Authorization: Bearer <token>``; the request then carries ``user`` and ``api_token``."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:
+        api_token = token_authenticate(token)
+        if api_token is None:
+            return None
+        request.user = api_token.user
+        request.api_token = api_token  # type: ignore[attr-defined]
+        return api_token.user

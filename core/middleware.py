@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.translation import gettext as _
+
+# Paths whose views stream large uploads to disk (dataset and model packages) get the upload limit.
+UPLOAD_PATH_SUFFIXES = ("/datasets", "/datasets/import", "/models/import", "/upload")
+
+
+class RequestSizeLimitMiddleware:
+    """Refuse bodies over the limit from their Content-Length, before anything reads them (413)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        path = request.path.rstrip("/")
+        limit = (
+            settings.YMIR_MAX_UPLOAD_BYTES
+            if path.endswith(UPLOAD_PATH_SUFFIXES)
+            else settings.YMIR_MAX_REQUEST_BYTES
+        )
+        if length > limit:
+            message = _("The request body is too large (limit %(limit)d bytes).") % {"limit": limit}
+            if request.path.startswith("/api/"):
+                return JsonResponse(
+                    {"error": {"code": "too_large", "message": message, "details": {"limit": limit}}},
+                    status=413,
+                )
+            return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+        return self.get_response(request)

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from django.test import Client
+
+from core.models import User
+from core.tokens import token_issue_login
+from tests.factories import PASSWORD, UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings):
+    # Pages render {% static %} without a collectstatic manifest in tests.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def password() -> str:
+    return PASSWORD
+
+
+@pytest.fixture
+def super_admin(db) -> User:
+    return UserFactory(role=User.Role.SUPER_ADMIN, username="root_admin")
+
+
+@pytest.fixture
+def admin_user(db) -> User:
+    return UserFactory(role=User.Role.ADMIN, username="plain_admin")
+
+
+@pytest.fixture
+def trainer(db) -> User:
+    return UserFactory(role=User.Role.TRAINER, username="trainer_one")
+
+
+def logged_in(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+class ApiClient:
+    """Django's test client speaking JSON with a bearer token."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.client = Client()
+        self.token = token
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def get(self, path: str):
+        return self.client.get(path, headers=self._headers())
+
+    def delete(self, path: str):
+        return self.client.delete(path, headers=self._headers())
+
+    def post(self, path: str, data=None):
+        return self.client.post(
+            path, data=data or {}, content_type="application/json", headers=self._headers()
+        )
+
+    def patch(self, path: str, data=None):
+        return self.client.patch(
+            path, data=data or {}, content_type="application/json", headers=self._headers()
+        )
+
+
+def api_as(user: User) -> ApiClient:
+    _token, raw = token_issue_login(user=user)
+    return ApiClient(raw)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def fresh_database_url() -> Iterator[str | None]:
+    """A new, empty PostgreSQL database when DATABASE_URL names one (dropped afterwards); None for SQLite."""
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        yield None
+        return
+    import psycopg
+
+    parts = urlsplit(url)
+    name = f"ymir_it_{uuid.uuid4().hex[:12]}"
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Iterator[Path]:
+    path = tmp_path / "data"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def require(flag: str, reason: str) -> None:
+    """Skip where a component is absent, except where CI demands it (then fail)."""
+    if os.environ.get(flag):
+        pytest.fail(f"{reason} (required by {flag})")
+    pytest.skip(reason)

@@ -1,0 +1,82 @@
+"""The pages that matter, in a real Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from core.models import User
+from projects.models import Project
+from tests.conftest import ROOT, require
+from tests.factories import PASSWORD
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = os.environ.get("YMIR_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+SHOTS = ROOT / "test-results"
+
+
+@pytest.fixture
+def page(live_server, monkeypatch) -> Iterator:
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        require("YMIR_REQUIRE_BROWSER", f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls in the test are still sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US")
+        tab = context.new_page()
+        tab.set_default_timeout(20_000)
+        yield tab
+        context.close()
+        browser.close()
+
+
+def test_first_user_registers_sees_home_creates_a_project_and_reads_chinese(page, live_server):
+    SHOTS.mkdir(exist_ok=True)
+    page.goto(live_server.url + "/")
+    assert "/accounts/login/" in page.url
+    assert page.get_by_text("the first account becomes the super admin").is_visible()
+    page.get_by_role("link", name="Create an account").click()
+    # hx-boost swaps the page in place: wait for the new page before filling (login has the same labels)
+    page.get_by_role("heading", name="Create an account").wait_for()
+    page.get_by_label("Username").fill("lego_admin")
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password again").fill(PASSWORD)
+    page.get_by_role("button", name="Register").click()
+    page.get_by_role("heading", name="Welcome, lego_admin").wait_for()
+    assert page.locator(".usermenu .badge").inner_text() == "Super admin"
+    assert page.locator(".calendar .cal-day").count() == 26 * 7
+    page.screenshot(path=str(SHOTS / "home.png"), full_page=True)
+
+    page.get_by_role("link", name="New project").click()
+    page.get_by_role("heading", name="New project").wait_for()
+    page.get_by_label("Name").fill("Lego bricks")
+    page.get_by_role("button", name="Create project").click()
+    page.get_by_role("heading", name="Lego bricks").wait_for()
+    assert Project.objects.filter(name="Lego bricks", owner__username="lego_admin").exists()
+
+    page.get_by_role("link", name="Users").click()
+    page.get_by_role("heading", name="Users").wait_for()
+    page.screenshot(path=str(SHOTS / "users.png"), full_page=True)
+
+    page.select_option("select[name=language]", "zh-hans")
+    page.get_by_role("link", name="首页").wait_for()
+    page.get_by_role("link", name="首页").click()
+    page.get_by_role("heading", name="我的项目").wait_for()
+    page.screenshot(path=str(SHOTS / "home-zh.png"), full_page=True)
+    assert User.objects.get(username="lego_admin").role == User.Role.SUPER_ADMIN

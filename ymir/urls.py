@@ -1,0 +1,21 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from ymir.api import api
+
+admin.site.site_header = "YMIR console"
+admin.site.site_title = "YMIR console"
+admin.site.index_title = "Platform administration"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("projects/", include("projects.urls")),
+    path("", include("core.urls")),
+]
+
+handler400 = "core.views.error_400"
+handler403 = "core.views.error_403"
+handler404 = "core.views.error_404"
+handler500 = "core.views.error_500"

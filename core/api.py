@@ -5,7 +5,7 @@ from datetime import datetime
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext as _
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 from ninja.errors import AuthenticationError
 from pydantic import Field
 
@@ -95,10 +95,10 @@ def auth_token(request: HttpRequest, body: TokenIn) -> dict[str, object]:
 
 
 @router.delete("/auth/token", response={204: None}, summary="Revoke the token this request carries")
-def auth_token_revoke(request: HttpRequest) -> tuple[int, None]:
+def auth_token_revoke(request: HttpRequest) -> Status[None]:
     api_token: ApiToken = request.api_token  # type: ignore[attr-defined]
     tokens.token_revoke(user=_user(request), token_id=api_token.pk)
-    return 204, None
+    return Status(204, None)
 
 
 @router.get("/me", response=UserOut)
@@ -112,19 +112,19 @@ def token_list(request: HttpRequest) -> list[ApiToken]:
 
 
 @router.post("/tokens", response={201: NewPersonalTokenOut}, summary="Create a personal token (shown once)")
-def token_create(request: HttpRequest, body: PersonalTokenIn) -> tuple[int, dict[str, object]]:
+def token_create(request: HttpRequest, body: PersonalTokenIn) -> Status[dict[str, object]]:
     token, raw = tokens.token_issue(
         user=_user(request), name=body.name, kind=ApiToken.Kind.PERSONAL, days=body.days
     )
-    data = PersonalTokenOut.from_orm(token).dict()
+    data = PersonalTokenOut.model_validate(token).model_dump()
     data["token"] = raw
-    return 201, data
+    return Status(201, data)
 
 
 @router.delete("/tokens/{token_id}", response={204: None})
-def token_delete(request: HttpRequest, token_id: int) -> tuple[int, None]:
+def token_delete(request: HttpRequest, token_id: int) -> Status[None]:
     tokens.token_revoke(user=_user(request), token_id=token_id)
-    return 204, None
+    return Status(204, None)
 
 
 # --- User management (admins) ---------------------------------------------------------------------
@@ -144,7 +144,7 @@ def user_list(request: HttpRequest) -> list[User]:
 
 
 @router.post("/users", response={201: UserOut}, tags=["users"])
-def user_create(request: HttpRequest, body: UserCreateIn) -> tuple[int, User]:
+def user_create(request: HttpRequest, body: UserCreateIn) -> Status[User]:
     actor = _require_admin(request)
     user = services.user_create(
         actor=actor,
@@ -154,7 +154,7 @@ def user_create(request: HttpRequest, body: UserCreateIn) -> tuple[int, User]:
         role=body.role,
         note=body.note,
     )
-    return 201, user
+    return Status(201, user)
 
 
 @router.get("/users/{user_id}", response=UserOut, tags=["users"])
@@ -177,14 +177,14 @@ def user_patch(request: HttpRequest, user_id: int, body: UserPatchIn) -> User:
 
 
 @router.post("/users/{user_id}/password", response={204: None}, tags=["users"])
-def user_password(request: HttpRequest, user_id: int, body: PasswordIn) -> tuple[int, None]:
+def user_password(request: HttpRequest, user_id: int, body: PasswordIn) -> Status[None]:
     actor = _require_admin(request)
     services.user_set_password(actor=actor, user=get_object_or_404(User, pk=user_id), password=body.password)
-    return 204, None
+    return Status(204, None)
 
 
 @router.delete("/users/{user_id}", response={204: None}, tags=["users"])
-def user_delete(request: HttpRequest, user_id: int) -> tuple[int, None]:
+def user_delete(request: HttpRequest, user_id: int) -> Status[None]:
     actor = _require_admin(request)
     services.user_delete(actor=actor, user=get_object_or_404(User, pk=user_id))
-    return 204, None
+    return Status(204, None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.http import HttpRequest
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 from pydantic import Field
 
 from core.models import User
@@ -33,9 +33,9 @@ def project_list(request: HttpRequest) -> list[Project]:
 
 
 @router.post("/projects", response={201: ProjectOut})
-def project_post(request: HttpRequest, body: ProjectIn) -> tuple[int, Project]:
+def project_post(request: HttpRequest, body: ProjectIn) -> Status[Project]:
     user: User = request.user  # type: ignore[assignment]
-    return 201, project_create(owner=user, name=body.name, description=body.description)
+    return Status(201, project_create(owner=user, name=body.name, description=body.description))
 
 
 @router.get("/projects/{project_id}", response=ProjectOut)

@@ -79,9 +79,7 @@ def _user(request: HttpRequest) -> User:
     return request.user  # type: ignore[return-value]
 
 
-@router.post(
-    "/auth/token", auth=None, response=TokenOut, summary="Exchange a username and password for a token"
-)
+@router.post("/auth/token", auth=None, response=TokenOut, summary="Exchange a username and password for a token")
 def auth_token(request: HttpRequest, body: TokenIn) -> dict[str, object]:
     ip = client_ip(request.META)
     check_login_allowed(body.username, ip)
@@ -113,9 +111,7 @@ def token_list(request: HttpRequest) -> list[ApiToken]:
 
 @router.post("/tokens", response={201: NewPersonalTokenOut}, summary="Create a personal token (shown once)")
 def token_create(request: HttpRequest, body: PersonalTokenIn) -> Status[dict[str, object]]:
-    token, raw = tokens.token_issue(
-        user=_user(request), name=body.name, kind=ApiToken.Kind.PERSONAL, days=body.days
-    )
+    token, raw = tokens.token_issue(user=_user(request), name=body.name, kind=ApiToken.Kind.PERSONAL, days=body.days)
     data = PersonalTokenOut.model_validate(token).model_dump()
     data["token"] = raw
     return Status(201, data)

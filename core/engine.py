@@ -18,9 +18,7 @@ class EngineStatus:
 
 
 def engine_status(timeout: int = 3) -> EngineStatus:
-    host = settings.DOCKER_HOST or (
-        "unix:///var/run/docker.sock" if os.path.exists("/var/run/docker.sock") else ""
-    )
+    host = settings.DOCKER_HOST or ("unix:///var/run/docker.sock" if os.path.exists("/var/run/docker.sock") else "")
     if not host:
         return EngineStatus(available=False, host="", error="no DOCKER_HOST and no /var/run/docker.sock")
     import docker

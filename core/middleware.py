@@ -23,9 +23,7 @@ class RequestSizeLimitMiddleware:
             length = 0
         path = request.path.rstrip("/")
         limit = (
-            settings.YMIR_MAX_UPLOAD_BYTES
-            if path.endswith(UPLOAD_PATH_SUFFIXES)
-            else settings.YMIR_MAX_REQUEST_BYTES
+            settings.YMIR_MAX_UPLOAD_BYTES if path.endswith(UPLOAD_PATH_SUFFIXES) else settings.YMIR_MAX_REQUEST_BYTES
         )
         if length > limit:
             message = _("The request body is too large (limit %(limit)d bytes).") % {"limit": limit}

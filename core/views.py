@@ -101,6 +101,11 @@ def register(request: HttpRequest) -> HttpResponse:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             if user.role == User.Role.SUPER_ADMIN:
                 messages.success(request, _("Welcome! As the first user you are the super admin."))
+                if settings.YMIR_DEMO:
+                    from datasets.services import demo_project_start
+
+                    demo_project_start(user=user)
+                    messages.info(request, _("A demo project with a synthetic Lego-like dataset is being imported."))
             return redirect("home")
     return render(request, "registration/register.html", {"form": form, "first_user": first_user})
 

@@ -29,9 +29,7 @@ class TaskOut(Schema):
 
 
 @router.get("/tasks", response=list[TaskOut])
-def task_list(
-    request: HttpRequest, state: Task.State | None = None, kind: Task.Kind | None = None
-) -> list[Task]:
+def task_list(request: HttpRequest, state: Task.State | None = None, kind: Task.Kind | None = None) -> list[Task]:
     tasks = Task.objects.filter(user=request.user)  # type: ignore[misc]
     if state:
         tasks = tasks.filter(state=state)

@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 
 from core.errors import ServiceError
+from datasets.selectors import versions_of_project
 from projects.forms import ProjectForm
 from projects.selectors import project_for, projects_of
 from projects.services import project_create
@@ -38,4 +39,5 @@ def project_list(request: HttpRequest) -> HttpResponse:
 def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     project = project_for(request.user, project_id)  # type: ignore[arg-type]
     tasks = project.tasks.order_by("-created_at")[:20]
-    return render(request, "projects/project_detail.html", {"project": project, "tasks": tasks})
+    datasets = versions_of_project(project.pk)
+    return render(request, "projects/project_detail.html", {"project": project, "tasks": tasks, "datasets": datasets})

@@ -3,12 +3,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from django.conf import settings as django_settings
+from django.db import connection
 from django.test import Client
 
 from core.models import User
@@ -79,14 +83,10 @@ class ApiClient:
         return self.client.delete(path, headers=self._headers())
 
     def post(self, path: str, data=None):
-        return self.client.post(
-            path, data=data or {}, content_type="application/json", headers=self._headers()
-        )
+        return self.client.post(path, data=data or {}, content_type="application/json", headers=self._headers())
 
     def patch(self, path: str, data=None):
-        return self.client.patch(
-            path, data=data or {}, content_type="application/json", headers=self._headers()
-        )
+        return self.client.patch(path, data=data or {}, content_type="application/json", headers=self._headers())
 
 
 def api_as(user: User) -> ApiClient:
@@ -134,3 +134,44 @@ def require(flag: str, reason: str) -> None:
     if os.environ.get(flag):
         pytest.fail(f"{reason} (required by {flag})")
     pytest.skip(reason)
+
+
+@pytest.fixture
+def workspace(settings, tmp_path):
+    settings.YMIR_WORKSPACE = tmp_path / "workspace"
+    settings.YMIR_WORKSPACE.mkdir()
+    return settings.YMIR_WORKSPACE
+
+
+@pytest.fixture
+def worker(transactional_db, workspace, tmp_path):
+    """A real Celery worker process bound to this test's database and workspace."""
+    env = {**os.environ, "YMIR_WORKSPACE": str(workspace), "YMIR_DB_CONN_MAX_AGE": "0"}
+    name = str(connection.settings_dict["NAME"])
+    if connection.vendor == "postgresql":
+        env["DATABASE_URL"] = urlunsplit(urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{name}"))
+    else:
+        env["YMIR_SQLITE_PATH"] = name
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "ymir",
+            "worker",
+            "--pool",
+            "solo",
+            "-Q",
+            django_settings.CELERY_TASK_DEFAULT_QUEUE,
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "worker.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.terminate()
+    process.wait(timeout=60)

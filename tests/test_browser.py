@@ -80,3 +80,34 @@ def test_first_user_registers_sees_home_creates_a_project_and_reads_chinese(page
     page.get_by_role("heading", name="我的项目").wait_for()
     page.screenshot(path=str(SHOTS / "home-zh.png"), full_page=True)
     assert User.objects.get(username="lego_admin").role == User.Role.SUPER_ADMIN
+
+
+@pytest.mark.worker
+def test_import_a_dataset_watch_its_progress_and_browse_it(page, live_server, worker, trainer, tmp_path):
+    from datasets.demo import write_voc_zip
+    from tests.factories import ProjectFactory
+
+    SHOTS.mkdir(exist_ok=True)
+    project = ProjectFactory(owner=trainer, name="Lego")
+    archive = write_voc_zip(tmp_path / "lego.zip", count=6, seed=11, width=320, height=240)
+    page.goto(live_server.url + "/accounts/login/")
+    page.get_by_label("Username").fill(trainer.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name=f"Welcome, {trainer.username}").wait_for()
+    page.goto(f"{live_server.url}/projects/{project.pk}/")
+    page.get_by_role("link", name="Import a dataset").click()
+    page.get_by_label("Name").fill("lego train")
+    page.get_by_label("Zip file").set_input_files(str(archive))
+    page.select_option("select[name=unknown_classes]", "add")
+    page.get_by_role("button", name="Start import").click()
+    page.get_by_role("heading", name="lego train").wait_for()
+    # the state card polls until the worker has finished; then the images appear
+    page.locator("#dataset-state .state-ready").wait_for(timeout=90_000)
+    page.reload()
+    assert page.locator("figure.asset").count() == 6
+    assert page.locator("figure.asset rect.gt").count() > 6
+    page.screenshot(path=str(SHOTS / "dataset.png"), full_page=True)
+    page.get_by_role("link", name="Classes").click()
+    page.get_by_role("heading", name="Classes").wait_for()
+    assert page.locator("tbody tr").count() >= 5

@@ -60,9 +60,7 @@ def test_project_create_and_duplicate_name(trainer):
     client = logged_in(trainer)
     response = client.post(reverse("project_list"), {"name": "Bricks", "description": "first"})
     project = Project.objects.get(owner=trainer)
-    assert response.status_code == 302 and response["Location"] == reverse(
-        "project_detail", args=[project.pk]
-    )
+    assert response.status_code == 302 and response["Location"] == reverse("project_detail", args=[project.pk])
     response = client.post(reverse("project_list"), {"name": "bricks"})
     assert response.status_code == 422
     assert "already have a project" in response.content.decode()

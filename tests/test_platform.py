@@ -68,23 +68,16 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path):
 
 
 def test_embedded_default_generates_and_keeps_a_private_secret(tmp_path):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("YMIR_SECRET_KEY", "DJANGO_SECRET_KEY", "YMIR_PRODUCTION")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("YMIR_SECRET_KEY", "DJANGO_SECRET_KEY", "YMIR_PRODUCTION")}
     env["YMIR_DATA_DIR"] = str(tmp_path)
     code = "from django.conf import settings; print(settings.SECRET_KEY)"
     argv = [
         sys.executable,
         "-c",
-        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'ymir.settings'); "
-        f"django.setup(); {code}",
+        f"import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'ymir.settings'); django.setup(); {code}",
     ]
     first = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
-    second = subprocess.run(
-        argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert first == second and len(first) >= 50
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
 
@@ -92,10 +85,7 @@ def test_embedded_default_generates_and_keeps_a_private_secret(tmp_path):
 def test_no_default_password_is_shipped():
     ymir_default = "".join(str(i) for i in range(1, 9))  # YMIR shipped this admin password
     for path in ROOT.rglob("*"):
-        if (
-            path.suffix in (".py", ".yml", ".yaml", ".sh", ".md", ".html", ".env")
-            and ".venv" not in path.parts
-        ):
+        if path.suffix in (".py", ".yml", ".yaml", ".sh", ".md", ".html", ".env") and ".venv" not in path.parts:
             assert ymir_default not in path.read_text(errors="ignore"), path
 
 

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -34,7 +35,10 @@ def _read_until(process: subprocess.Popen[str], pattern: str, limit: int = 2000)
 def test_start_serves_login_register_home_and_stops_cleanly(fresh_database_url, data_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "YMIR_WORKSPACE")}
-    env.update({"YMIR_DATA_DIR": str(data_dir), "YMIR_DEFAULT_QUEUE": f"start-{uuid.uuid4().hex[:8]}"})
+    env.update(
+        {"YMIR_DATA_DIR": str(data_dir), "YMIR_DEFAULT_QUEUE": f"start-{uuid.uuid4().hex[:8]}", "YMIR_DEMO_SIZES": "3,2,4"}
+    )
+    env.pop("YMIR_DEMO", None)  # the start command turns the demo on
     if fresh_database_url:
         env["DATABASE_URL"] = fresh_database_url
     process = subprocess.Popen(
@@ -98,6 +102,19 @@ def test_start_serves_login_register_home_and_stops_cleanly(fresh_database_url, 
         assert home.status_code == 200 and home.url == base
         assert "Welcome, first_admin" in home.text and "Super admin" in home.text
         assert (data_dir / "workspace" / "assets").is_dir()
+        # the first account got the demo project; the start command's worker imports its three datasets
+        assert "Lego demo" in home.text
+        project_url = base + "projects/" + re.search(r'href="/projects/(\d+)/"', home.text).group(1) + "/"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            page = session.get(project_url, timeout=30).text
+            if page.count("state-ready") == 3:
+                break
+            time.sleep(0.5)
+        assert page.count("state-ready") == 3, page[-3000:]
+        for name, count in (("lego-train", 3), ("lego-test", 2), ("lego-mining", 4)):
+            row = page.split(name, 1)[1].split("</tr>", 1)[0]
+            assert f"<td>{count}</td>" in row, row
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)

@@ -172,6 +172,4 @@ def test_unexpected_errors_hide_the_traceback(trainer, monkeypatch):
     response = api_as(trainer).get("/api/v1/tasks")
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "server_error"
-    assert (
-        "secret internals" not in response.content.decode() and "Traceback" not in response.content.decode()
-    )
+    assert "secret internals" not in response.content.decode() and "Traceback" not in response.content.decode()

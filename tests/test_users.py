@@ -114,15 +114,11 @@ def test_admin_performs_every_user_operation_on_the_pages(admin_user):
 
 def test_admin_performs_every_user_operation_through_the_api(admin_user):
     api = api_as(admin_user)
-    response = api.post(
-        "/api/v1/users", {"username": "api_trainer", "password": PASSWORD, "email": "a@example.org"}
-    )
+    response = api.post("/api/v1/users", {"username": "api_trainer", "password": PASSWORD, "email": "a@example.org"})
     assert response.status_code == 201, response.content
     user_id = response.json()["id"]
     assert response.json()["role"] == "trainer"
-    response = api.patch(
-        f"/api/v1/users/{user_id}", {"role": "admin", "email": "b@example.org", "is_active": False}
-    )
+    response = api.patch(f"/api/v1/users/{user_id}", {"role": "admin", "email": "b@example.org", "is_active": False})
     assert response.status_code == 200
     assert response.json()["role"] == "admin"
     assert response.json()["email"] == "b@example.org" and response.json()["is_active"] is False
@@ -173,9 +169,7 @@ def test_a_user_owning_projects_is_not_deleted(super_admin, trainer):
 
 def test_weak_passwords_are_refused_for_admin_created_users(admin_user):
     with pytest.raises(Invalid):
-        services.user_create(
-            actor=admin_user, username="weakling", email="", password="password", role="trainer"
-        )
+        services.user_create(actor=admin_user, username="weakling", email="", password="password", role="trainer")
     assert not User.objects.filter(username="weakling").exists()
 
 

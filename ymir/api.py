@@ -17,6 +17,7 @@ from ninja.errors import AuthenticationError, AuthorizationError, HttpError, Val
 from core.api import router as core_router
 from core.api_auth import TokenAuth
 from core.errors import ServiceError, Throttled
+from datasets.api import router as datasets_router
 from models_app.api import router as tasks_router
 from projects.api import router as projects_router
 
@@ -33,9 +34,7 @@ api = NinjaAPI(
 )
 
 
-def error_response(
-    request: HttpRequest, status: int, code: str, message: str, details: Any = None
-) -> HttpResponse:
+def error_response(request: HttpRequest, status: int, code: str, message: str, details: Any = None) -> HttpResponse:
     return api.create_response(
         request, {"error": {"code": code, "message": message, "details": details}}, status=status
     )
@@ -98,9 +97,7 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 @api.exception_handler(Exception)
 def on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
     logger.exception("Unhandled API error on %s %s", request.method, request.path)
-    return error_response(
-        request, 500, "server_error", _("Something went wrong on our side. It has been logged.")
-    )
+    return error_response(request, 500, "server_error", _("Something went wrong on our side. It has been logged."))
 
 
 @api.get("/health", auth=None, tags=["platform"], summary="Liveness: the database answers")
@@ -114,4 +111,5 @@ def health(request: HttpRequest) -> dict[str, str]:
 
 api.add_router("", core_router)
 api.add_router("", projects_router)
+api.add_router("", datasets_router)
 api.add_router("", tasks_router)

@@ -96,7 +96,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(DATA_DIR / "ymir.sqlite3"),
+            "NAME": env_str("YMIR_SQLITE_PATH") or str(DATA_DIR / "ymir.sqlite3"),
             "OPTIONS": {
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
@@ -216,3 +216,14 @@ LOGGING = {
 }
 
 NINJA_PAGINATION_PER_PAGE = 50
+
+# --- Datasets -------------------------------------------------------------------------------------
+YMIR_SHARING_ROOT = env_str("YMIR_SHARING_ROOT")
+YMIR_IMPORT_MAX_ENTRIES = env_int("YMIR_IMPORT_MAX_ENTRIES", 2_000_000)
+YMIR_IMPORT_MAX_TOTAL_BYTES = env_int("YMIR_IMPORT_MAX_TOTAL_BYTES", 200 * 1024**3)
+YMIR_IMPORT_MAX_ENTRY_BYTES = env_int("YMIR_IMPORT_MAX_ENTRY_BYTES", 512 * 1024**2)
+YMIR_IMPORT_MAX_RATIO = float(env_str("YMIR_IMPORT_MAX_RATIO", "200"))
+YMIR_MAX_IMAGE_PIXELS = env_int("YMIR_MAX_IMAGE_PIXELS", 178_956_970)
+# The start command turns the demo on: the first account gets a project with the synthetic Lego-like set.
+YMIR_DEMO = env_bool("YMIR_DEMO", False)
+YMIR_DEMO_SIZES = [int(n) for n in env_list("YMIR_DEMO_SIZES", "100,10,1181")]

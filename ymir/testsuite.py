@@ -50,9 +50,7 @@ def main() -> None:
     for sub in ("workspace", "static"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "YMIR_DATA_DIR": str(data), "YMIR_WORKSPACE": str(data / "workspace")}
-    env.setdefault(
-        "YMIR_DB_CONN_MAX_AGE", "0"
-    )  # no connection outlives a test (the test database is dropped)
+    env.setdefault("YMIR_DB_CONN_MAX_AGE", "0")  # no connection outlives a test (the test database is dropped)
     print(
         f"database: {'DATABASE_URL' if env.get('DATABASE_URL') else 'embedded SQLite'}; "
         f"broker: {'REDIS_URL' if env.get('REDIS_URL') else 'embedded filesystem'}; "

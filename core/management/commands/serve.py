@@ -34,9 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("YMIR_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("YMIR_PORT", "8000")))
         parser.add_argument("--web-workers", type=int, default=int(os.environ.get("YMIR_WEB_WORKERS", "2")))
-        parser.add_argument(
-            "--concurrency", type=int, default=int(os.environ.get("YMIR_WORKER_CONCURRENCY", "2"))
-        )
+        parser.add_argument("--concurrency", type=int, default=int(os.environ.get("YMIR_WORKER_CONCURRENCY", "2")))
         parser.add_argument("--ready-timeout", type=float, default=60.0)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -106,7 +104,8 @@ class Command(BaseCommand):
     # --- pieces -----------------------------------------------------------------------------------
 
     def _prepare_demo(self) -> None:
-        """The demo project with the synthetic Lego-like set arrives with the datasets app."""
+        """The first account registered gets the demo project (YMIR_DEMO=0 turns this off)."""
+        os.environ.setdefault("YMIR_DEMO", "1")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         env = {**os.environ, "YMIR_DATA_DIR": str(settings.DATA_DIR), "PYTHONUNBUFFERED": "1"}

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+from django.http import HttpRequest
+from django.utils.translation import gettext as _
+from ninja import Router, Schema, Status
+from pydantic import Field, ValidationError
+
+from core.errors import Invalid
+from core.models import User
+from datasets.models import DatasetVersion
+from datasets.selectors import version_visible_to
+from datasets.services import (
+    FORMATS,
+    UNKNOWN_CLASS_STRATEGIES,
+    dataset_import_start,
+    upload_adopt,
+    upload_save,
+)
+from projects.selectors import project_for
+
+router = Router(tags=["datasets"])
+
+
+class SourceIn(Schema):
+    url: str | None = None
+    path: str | None = None
+    dataset_id: int | None = None
+
+
+class DatasetImportIn(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field("", max_length=2000)
+    source: SourceIn
+    format: str = Field("voc", pattern="^(" + "|".join(FORMATS) + ")$")
+    unknown_classes: str = Field("stop", pattern="^(" + "|".join(UNKNOWN_CLASS_STRATEGIES) + ")$")
+
+
+class DatasetCreatedOut(Schema):
+    id: int
+    task_id: int
+
+
+class DatasetOut(Schema):
+    id: int
+    name: str
+    number: int
+    project_id: int
+    state: str
+    asset_count: int
+    gt_box_count: int
+    pred_box_count: int
+    class_counts: dict[str, Any]
+    report: dict[str, Any]
+    task_id: int | None
+    parents: list[int]
+    is_public: bool
+    created_at: datetime
+
+    @staticmethod
+    def resolve_name(obj: DatasetVersion) -> str:
+        return obj.group.name
+
+    @staticmethod
+    def resolve_project_id(obj: DatasetVersion) -> int:
+        return obj.group.project_id
+
+    @staticmethod
+    def resolve_parents(obj: DatasetVersion) -> list[int]:
+        return list(obj.parents.values_list("id", flat=True))
+
+
+IMPORT_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "name": {"type": "string"},
+                        "format": {"type": "string", "enum": list(FORMATS)},
+                        "unknown_classes": {"type": "string", "enum": list(UNKNOWN_CLASS_STRATEGIES)},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": DatasetImportIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            },
+        },
+        "required": True,
+    }
+}
+
+
+@router.post(
+    "/projects/{project_id}/datasets",
+    response={202: DatasetCreatedOut},
+    openapi_extra=IMPORT_BODY,
+    summary="Import a dataset: a zip upload (multipart 'file'), or JSON naming a server path or a dataset to copy",
+)
+def dataset_import(request: HttpRequest, project_id: int) -> Status[dict[str, int]]:
+    user = cast(User, request.user)
+    project = project_for(user, project_id)
+    if request.content_type == "multipart/form-data":
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise Invalid(_("Send the zip in the multipart field 'file'."), code="invalid_source")
+        if hasattr(upload, "temporary_file_path"):
+            saved = upload_adopt(Path(upload.temporary_file_path()))
+        else:
+            saved = upload_save(upload)
+        version = dataset_import_start(
+            user=user,
+            project=project,
+            name=request.POST.get("name", ""),
+            description=request.POST.get("description", ""),
+            fmt=request.POST.get("format", "voc"),
+            unknown_classes=request.POST.get("unknown_classes", "stop"),
+            upload=saved,
+        )
+    else:
+        try:
+            body = DatasetImportIn.model_validate(json.loads(request.body or b"{}"))
+        except (ValueError, ValidationError) as exc:
+            details = exc.errors() if isinstance(exc, ValidationError) else str(exc)
+            raise Invalid(_("The request is not valid."), details=json.loads(json.dumps(details, default=str))) from exc
+        if body.source.url:
+            raise Invalid(_("Import from a URL is not available yet."), code="not_available")
+        version = dataset_import_start(
+            user=user,
+            project=project,
+            name=body.name,
+            description=body.description,
+            fmt=body.format,
+            unknown_classes=body.unknown_classes,
+            path=body.source.path,
+            copy_of=body.source.dataset_id,
+        )
+    return Status(202, {"id": version.pk, "task_id": cast(int, version.task_id)})
+
+
+@router.get("/datasets/{dataset_id}", response=DatasetOut)
+def dataset_get(request: HttpRequest, dataset_id: int) -> DatasetVersion:
+    return version_visible_to(cast(User, request.user), dataset_id)

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from datasets import views
+
+urlpatterns = [
+    path("projects/<int:project_id>/datasets/import", views.dataset_import, name="dataset_import"),
+    path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
+    path("datasets/<int:dataset_id>/retry", views.dataset_retry, name="dataset_retry"),
+    path("assets/<str:sha1>", views.asset_image, name="asset_image"),
+    path("classes/", views.class_list, name="class_list"),
+    path("classes/<int:label_id>/rename", views.class_rename, name="class_rename"),
+    path("classes/<int:label_id>/alias", views.class_alias, name="class_alias"),
+    path("classes/<int:label_id>/merge", views.class_merge, name="class_merge"),
+]

@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Q
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from core.errors import ServiceError
+from core.models import User
+from datasets import classes as class_service
+from datasets.forms import AliasForm, ClassBatchForm, ClassRenameForm, ImportForm, MergeForm
+from datasets.models import Box, DatasetAsset, DatasetVersion, LabelClass
+from datasets.selectors import version_visible_to, versions_visible_to
+from datasets.services import dataset_import_retry, dataset_import_start, upload_adopt, upload_save
+from datasets.store import asset_path
+from projects.selectors import project_for
+
+PAGE_SIZE = 48
+PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe"]
+
+
+def _user(request: HttpRequest) -> User:
+    return cast(User, request.user)
+
+
+@login_required
+def dataset_import(request: HttpRequest, project_id: int) -> HttpResponse:
+    user = _user(request)
+    project = project_for(user, project_id)
+    choices = versions_visible_to(user).filter(state=DatasetVersion.State.READY)
+    form = ImportForm(request.POST or None, request.FILES or None, versions=choices)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        upload = None
+        if data["source"] == "upload":
+            handle = data["file"]
+            upload = (
+                upload_adopt(Path(handle.temporary_file_path()))
+                if hasattr(handle, "temporary_file_path")
+                else upload_save(handle)
+            )
+        try:
+            version = dataset_import_start(
+                user=user,
+                project=project,
+                name=data["name"],
+                description=data["description"],
+                fmt=data["format"],
+                unknown_classes=data["unknown_classes"],
+                upload=upload,
+                path=data["path"] if data["source"] == "path" else None,
+                copy_of=data["copy_of"].pk if data["source"] == "copy" else None,
+            )
+        except ServiceError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, _("Import started."))
+            return redirect("dataset_detail", dataset_id=version.pk)
+    return render(
+        request,
+        "datasets/dataset_import.html",
+        {"project": project, "form": form},
+        status=422 if request.method == "POST" else 200,
+    )
+
+
+@login_required
+def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    version = version_visible_to(_user(request), dataset_id)
+    items = DatasetAsset.objects.filter(version=version).select_related("asset").order_by("id")
+    label_id = request.GET.get("class")
+    if label_id and label_id.isdigit():
+        items = items.filter(
+            asset_id__in=Box.objects.filter(version=version, label_id=int(label_id)).values("asset_id")
+        )
+    after = request.GET.get("after")
+    if after and after.isdigit():
+        items = items.filter(id__gt=int(after))
+    page = list(items[: PAGE_SIZE + 1])
+    has_next = len(page) > PAGE_SIZE
+    page = page[:PAGE_SIZE]
+    boxes: dict[int, list[Box]] = {}
+    layers = request.GET.getlist("layer") or ["gt", "pred"]
+    box_query = Box.objects.filter(version=version, asset_id__in=[i.asset_id for i in page]).select_related("label")
+    if "gt" not in layers:
+        box_query = box_query.exclude(prediction_set__isnull=True)
+    if "pred" not in layers:
+        box_query = box_query.exclude(prediction_set__isnull=False)
+    for box in box_query:
+        box.colour = PALETTE[box.label_id % len(PALETTE)]  # type: ignore[attr-defined]
+        box.w, box.h = box.x2 - box.x1, box.y2 - box.y1  # type: ignore[attr-defined]
+        boxes.setdefault(box.asset_id, []).append(box)
+    cards = [{"item": i, "asset": i.asset, "boxes": boxes.get(i.asset_id, [])} for i in page]
+    counts = version.class_counts.get("gt", {}) if isinstance(version.class_counts, dict) else {}
+    peak = max(counts.values(), default=0)
+    class_bars = [{"name": n, "count": c, "share": 100 * c / peak if peak else 0} for n, c in sorted(counts.items())]
+    context = {
+        "version": version,
+        "task": version.task,
+        "cards": cards,
+        "next_after": page[-1].pk if has_next and page else None,
+        "class_bars": class_bars,
+        "labels": LabelClass.objects.filter(name__in=counts.keys()),
+        "selected_class": label_id,
+        "layers": layers,
+    }
+    if getattr(request, "htmx", False) and request.GET.get("fragment") == "state":
+        return render(request, "datasets/dataset_detail.html#state", context)
+    return render(request, "datasets/dataset_detail.html", context)
+
+
+@login_required
+@require_POST
+def dataset_retry(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    version = version_visible_to(_user(request), dataset_id)
+    if version.group.project.owner_id != request.user.pk:
+        raise Http404
+    try:
+        dataset_import_retry(user=_user(request), version=version)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("dataset_detail", dataset_id=version.pk)
+
+
+@login_required
+def asset_image(request: HttpRequest, sha1: str) -> FileResponse:
+    """An image, to users who can see a version holding it."""
+    user = _user(request)
+    visible = DatasetAsset.objects.filter(asset__sha1=sha1).filter(
+        Q(version__group__project__owner=user) | Q(version__is_public=True)
+    )
+    if len(sha1) != 40 or not visible.exists():
+        raise Http404
+    path = asset_path(sha1)
+    if not path.exists():
+        raise Http404
+    response = FileResponse(path.open("rb"), content_type=f"image/{visible.first().asset.format}")  # type: ignore[union-attr]
+    response["Cache-Control"] = "private, max-age=86400, immutable"
+    return response
+
+
+# --- Classes --------------------------------------------------------------------------------------
+
+
+@login_required
+def class_list(request: HttpRequest) -> HttpResponse:
+    form = ClassBatchForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        created, skipped = class_service.classes_create_batch(user=_user(request), text=form.cleaned_data["text"])
+        if created:
+            messages.success(request, _("Added %(n)d classes.") % {"n": len(created)})
+        for line in skipped:
+            messages.error(request, line)
+        return redirect("class_list")
+    labels = LabelClass.objects.prefetch_related("keywords").order_by("name")
+    return render(request, "datasets/class_list.html", {"labels": labels, "form": form})
+
+
+def _class_action(request: HttpRequest, label_id: int, form_class: type, action: object) -> HttpResponse:
+    label = get_object_or_404(LabelClass, pk=label_id)
+    form = form_class(request.POST)
+    if form.is_valid():
+        try:
+            action(label, **form.cleaned_data)  # type: ignore[operator]
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, _("Saved."))
+    else:
+        messages.error(request, _("Check the form."))
+    return redirect("class_list")
+
+
+@login_required
+@require_POST
+def class_rename(request: HttpRequest, label_id: int) -> HttpResponse:
+    return _class_action(
+        request, label_id, ClassRenameForm, lambda lb, name: class_service.class_rename(label=lb, name=name)
+    )
+
+
+@login_required
+@require_POST
+def class_alias(request: HttpRequest, label_id: int) -> HttpResponse:
+    return _class_action(
+        request, label_id, AliasForm, lambda lb, alias: class_service.class_add_alias(label=lb, alias=alias)
+    )
+
+
+@login_required
+@require_POST
+def class_merge(request: HttpRequest, label_id: int) -> HttpResponse:
+    def merge(label: LabelClass, target: int) -> None:
+        class_service.class_merge(source=label, target=get_object_or_404(LabelClass, pk=target))
+
+    return _class_action(request, label_id, MergeForm, merge)

@@ -1,0 +1,56 @@
+"""Task state changes. The task row is the truth; updates after a final state are ignored."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from core.models import User
+from models_app.models import Task
+from projects.models import Project
+
+State = Task.State
+logger = logging.getLogger(__name__)
+
+
+def task_create(
+    *, user: User, kind: str, project: Project | None = None, parameters: dict[str, Any] | None = None
+) -> Task:
+    return Task.objects.create(user=user, project=project, kind=kind, parameters=parameters or {})
+
+
+def task_begin(task_id: int) -> Task | None:
+    """Mark running (again, on redelivery); None when the task is already final."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().filter(pk=task_id).first()
+        if task is None:
+            logger.warning("task %s does not exist; message dropped", task_id)
+            return None
+        if task.is_final:
+            return None
+        task.state = State.RUNNING
+        task.started_at = task.started_at or timezone.now()
+        task.save(update_fields=["state", "started_at"])
+    return task
+
+
+def task_progress(task_id: int, percent: float) -> None:
+    Task.objects.filter(pk=task_id, state=State.RUNNING, percent__lte=percent).update(
+        percent=max(0.0, min(1.0, percent))
+    )
+
+
+def task_finish(task_id: int, *, state: str, error_code: str = "", error_message: str = "") -> bool:
+    """Move to a final state once; False if it already was final."""
+    updates: dict[str, Any] = {
+        "state": state,
+        "finished_at": timezone.now(),
+        "error_code": error_code,
+        "error_message": error_message[:10000],
+    }
+    if state == State.DONE:
+        updates["percent"] = 1.0
+    return bool(Task.objects.filter(pk=task_id).exclude(state__in=Task.FINAL_STATES).update(**updates))

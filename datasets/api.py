@@ -5,7 +5,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from django.http import HttpRequest
+from django.http import FileResponse, HttpRequest
 from django.utils.translation import gettext as _
 from ninja import Router, Schema, Status
 from pydantic import Field, ValidationError
@@ -20,6 +20,7 @@ from datasets.services import (
     dataset_import_start,
     upload_adopt,
     upload_save,
+    version_export,
 )
 from projects.selectors import project_for
 
@@ -148,3 +149,11 @@ def dataset_import(request: HttpRequest, project_id: int) -> Status[dict[str, in
 @router.get("/datasets/{dataset_id}", response=DatasetOut)
 def dataset_get(request: HttpRequest, dataset_id: int) -> DatasetVersion:
     return version_visible_to(cast(User, request.user), dataset_id)
+
+
+@router.get("/datasets/{dataset_id}/export", summary="Download a VOC or COCO zip of the dataset")
+def dataset_export(request: HttpRequest, dataset_id: int, format: str = "voc") -> FileResponse:
+    version = version_visible_to(cast(User, request.user), dataset_id)
+    handle = version_export(version=version, fmt=format)
+    filename = f"{version.group.name}-v{version.number}-{format}.zip"
+    return FileResponse(handle, as_attachment=True, filename=filename, content_type="application/zip")

@@ -281,3 +281,21 @@ def version_get_for_retry(user: User, version_id: int) -> DatasetVersion:
     if version is None:
         raise NotFound(_("Not found."))
     return version
+
+
+def version_export(*, version: DatasetVersion, fmt: str) -> IO[bytes]:
+    """Write the export to the workspace and hand back an open file that is already unlinked (no leftovers)."""
+    from datasets.export import export_coco, export_voc
+
+    if version.state != DatasetVersion.State.READY:
+        raise Conflict(_("Only a ready dataset can be exported."), code="not_ready")
+    if fmt not in ("voc", "coco"):
+        raise Invalid(_("Export formats: voc or coco."), code="invalid_format")
+    path = workspace_root() / "uploads" / f"export-{uuid.uuid4().hex}.zip"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        (export_voc if fmt == "voc" else export_coco)(version, path)
+        handle = path.open("rb")
+    finally:
+        path.unlink(missing_ok=True)
+    return handle

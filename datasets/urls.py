@@ -6,6 +6,7 @@ urlpatterns = [
     path("projects/<int:project_id>/datasets/import", views.dataset_import, name="dataset_import"),
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
     path("datasets/<int:dataset_id>/retry", views.dataset_retry, name="dataset_retry"),
+    path("datasets/<int:dataset_id>/export", views.dataset_export, name="dataset_export"),
     path("assets/<str:sha1>", views.asset_image, name="asset_image"),
     path("classes/", views.class_list, name="class_list"),
     path("classes/<int:label_id>/rename", views.class_rename, name="class_rename"),

@@ -17,7 +17,7 @@ from datasets import classes as class_service
 from datasets.forms import AliasForm, ClassBatchForm, ClassRenameForm, ImportForm, MergeForm
 from datasets.models import Box, DatasetAsset, DatasetVersion, LabelClass
 from datasets.selectors import version_visible_to, versions_visible_to
-from datasets.services import dataset_import_retry, dataset_import_start, upload_adopt, upload_save
+from datasets.services import dataset_import_retry, dataset_import_start, upload_adopt, upload_save, version_export
 from datasets.store import asset_path
 from projects.selectors import project_for
 
@@ -200,3 +200,16 @@ def class_merge(request: HttpRequest, label_id: int) -> HttpResponse:
         class_service.class_merge(source=label, target=get_object_or_404(LabelClass, pk=target))
 
     return _class_action(request, label_id, MergeForm, merge)
+
+
+@login_required
+def dataset_export(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    version = version_visible_to(_user(request), dataset_id)
+    fmt = request.GET.get("format", "voc")
+    try:
+        handle = version_export(version=version, fmt=fmt)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("dataset_detail", dataset_id=version.pk)
+    filename = f"{version.group.name}-v{version.number}-{fmt}.zip"
+    return FileResponse(handle, as_attachment=True, filename=filename, content_type="application/zip")

@@ -36,7 +36,11 @@ def test_start_serves_login_register_home_and_stops_cleanly(fresh_database_url, 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "YMIR_WORKSPACE")}
     env.update(
-        {"YMIR_DATA_DIR": str(data_dir), "YMIR_DEFAULT_QUEUE": f"start-{uuid.uuid4().hex[:8]}", "YMIR_DEMO_SIZES": "3,2,4"}
+        {
+            "YMIR_DATA_DIR": str(data_dir),
+            "YMIR_DEFAULT_QUEUE": f"start-{uuid.uuid4().hex[:8]}",
+            "YMIR_DEMO_SIZES": "3,2,4",
+        }
     )
     env.pop("YMIR_DEMO", None)  # the start command turns the demo on
     if fresh_database_url:

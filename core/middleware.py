@@ -34,3 +34,32 @@ class RequestSizeLimitMiddleware:
                 )
             return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
+
+
+class ApiErrorShapeMiddleware:
+    """Responses Django makes before a view runs (405 and the like) get the API's error shape too."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if (
+            request.path.startswith("/api/")
+            and response.status_code == 405
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            allowed = response.get("Allow", "")
+            shaped = JsonResponse(
+                {
+                    "error": {
+                        "code": "method_not_allowed",
+                        "message": _("Method not allowed."),
+                        "details": {"allow": allowed},
+                    }
+                },
+                status=405,
+            )
+            shaped["Allow"] = allowed
+            return shaped
+        return response

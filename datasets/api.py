@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError
 from core.errors import Invalid
 from core.models import User
 from datasets.models import DatasetVersion
+from datasets.operations import operation_start
 from datasets.selectors import version_visible_to
 from datasets.services import (
     FORMATS,
@@ -146,14 +147,51 @@ def dataset_import(request: HttpRequest, project_id: int) -> Status[dict[str, in
     return Status(202, {"id": version.pk, "task_id": cast(int, version.task_id)})
 
 
-@router.get("/datasets/{dataset_id}", response=DatasetOut)
+@router.get("/datasets/{int:dataset_id}", response=DatasetOut)
 def dataset_get(request: HttpRequest, dataset_id: int) -> DatasetVersion:
     return version_visible_to(cast(User, request.user), dataset_id)
 
 
-@router.get("/datasets/{dataset_id}/export", summary="Download a VOC or COCO zip of the dataset")
+@router.get("/datasets/{int:dataset_id}/export", summary="Download a VOC or COCO zip of the dataset")
 def dataset_export(request: HttpRequest, dataset_id: int, format: str = "voc") -> FileResponse:
     version = version_visible_to(cast(User, request.user), dataset_id)
     handle = version_export(version=version, fmt=format)
     filename = f"{version.group.name}-v{version.number}-{format}.zip"
     return FileResponse(handle, as_attachment=True, filename=filename, content_type="application/zip")
+
+
+class OperationIn(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    inputs: list[int] = Field(min_length=1)
+    strategy: str | None = None
+    classes: list[str] | None = None
+    mode: str | None = None
+    on: str | None = None
+    others: list[int] | None = None
+    count: int | None = None
+    ratio: float | None = None
+    ratios: list[float] | None = None
+    seed: int = 0
+
+
+class OperationOut(Schema):
+    ids: list[int]
+    task_id: int
+
+
+def _operation_endpoint(kind: str) -> None:
+    def endpoint(request: HttpRequest, body: OperationIn) -> Status[dict[str, object]]:
+        params = body.model_dump(exclude_none=True, exclude={"name"})
+        versions = operation_start(user=cast(User, request.user), kind=kind, name=body.name, params=params)
+        return Status(202, {"ids": [v.pk for v in versions], "task_id": versions[0].task_id})
+
+    endpoint.__name__ = f"dataset_{kind}"
+    router.post(
+        f"/datasets/{kind}",
+        response={202: OperationOut},
+        summary=f"{kind.capitalize()}: a set operation making new versions without copying images",
+    )(endpoint)
+
+
+for _kind in ("merge", "filter", "exclude", "sample", "split"):
+    _operation_endpoint(_kind)

@@ -299,3 +299,34 @@ def version_export(*, version: DatasetVersion, fmt: str) -> IO[bytes]:
     finally:
         path.unlink(missing_ok=True)
     return handle
+
+
+def operation_run(task_id: int) -> None:
+    """The body of a set-operation task: all outputs become ready together, or all end in error."""
+    from datasets.operations import operation_execute
+
+    task = task_begin(task_id)
+    if task is None:
+        return
+    outputs = list(DatasetVersion.objects.filter(task_id=task_id).order_by("id"))
+    if outputs and all(v.state == DatasetVersion.State.READY for v in outputs):
+        task_finish(task_id, state=Task.State.DONE)
+        return
+    try:
+        operation_execute(task, outputs)
+    except ServiceError as exc:
+        for version in outputs:
+            _fail(version, task_id, exc.code, exc.message, exc.details)
+        return
+    except Exception as exc:
+        logger.exception("operation task %s failed", task_id)
+        for version in outputs:
+            _fail(
+                version,
+                task_id,
+                "internal_error",
+                _("The operation failed: %(why)s") % {"why": type(exc).__name__},
+                None,
+            )
+        return
+    task_finish(task_id, state=Task.State.DONE)

@@ -8,3 +8,10 @@ def import_dataset(task_id: int) -> None:
     from datasets.services import import_execute
 
     import_execute(task_id)
+
+
+@shared_task(name="datasets.operation", acks_late=True)
+def run_operation(task_id: int) -> None:
+    from datasets.services import operation_run
+
+    operation_run(task_id)

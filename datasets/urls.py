@@ -7,6 +7,7 @@ urlpatterns = [
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
     path("datasets/<int:dataset_id>/retry", views.dataset_retry, name="dataset_retry"),
     path("datasets/<int:dataset_id>/export", views.dataset_export, name="dataset_export"),
+    path("datasets/<int:dataset_id>/operate", views.dataset_operate, name="dataset_operate"),
     path("assets/<str:sha1>", views.asset_image, name="asset_image"),
     path("classes/", views.class_list, name="class_list"),
     path("classes/<int:label_id>/rename", views.class_rename, name="class_rename"),

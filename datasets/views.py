@@ -7,6 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
@@ -16,6 +17,7 @@ from core.models import User
 from datasets import classes as class_service
 from datasets.forms import AliasForm, ClassBatchForm, ClassRenameForm, ImportForm, MergeForm
 from datasets.models import Box, DatasetAsset, DatasetVersion, LabelClass
+from datasets.operations import operation_start
 from datasets.selectors import version_visible_to, versions_visible_to
 from datasets.services import dataset_import_retry, dataset_import_start, upload_adopt, upload_save, version_export
 from datasets.store import asset_path
@@ -109,6 +111,8 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
         "labels": LabelClass.objects.filter(name__in=counts.keys()),
         "selected_class": label_id,
         "layers": layers,
+        "others": versions_visible_to(_user(request)).filter(state=DatasetVersion.State.READY).exclude(pk=version.pk),
+        "all_labels": LabelClass.objects.order_by("name"),
     }
     if getattr(request, "htmx", False) and request.GET.get("fragment") == "state":
         return render(request, "datasets/dataset_detail.html#state", context)
@@ -203,7 +207,7 @@ def class_merge(request: HttpRequest, label_id: int) -> HttpResponse:
 
 
 @login_required
-def dataset_export(request: HttpRequest, dataset_id: int) -> HttpResponse:
+def dataset_export(request: HttpRequest, dataset_id: int) -> HttpResponseBase:
     version = version_visible_to(_user(request), dataset_id)
     fmt = request.GET.get("format", "voc")
     try:
@@ -213,3 +217,41 @@ def dataset_export(request: HttpRequest, dataset_id: int) -> HttpResponse:
         return redirect("dataset_detail", dataset_id=version.pk)
     filename = f"{version.group.name}-v{version.number}-{fmt}.zip"
     return FileResponse(handle, as_attachment=True, filename=filename, content_type="application/zip")
+
+
+def _numbers(text: str, cast_to: type[float]) -> list[float]:
+    return [cast_to(part) for part in text.replace(" ", "").split(",") if part]
+
+
+@login_required
+@require_POST
+def dataset_operate(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    """One form per operation on the dataset page; the new versions open when made."""
+    version = version_visible_to(_user(request), dataset_id)
+    post = request.POST
+    kind = post.get("kind", "")
+    params: dict[str, object] = {"inputs": [version.pk], "seed": 0}
+    try:
+        if post.get("seed"):
+            params["seed"] = int(post["seed"])
+        if kind == "merge":
+            params["inputs"] = [version.pk, *(int(i) for i in post.getlist("others"))]
+            params["strategy"] = post.get("strategy", "stop")
+        elif kind == "filter":
+            params.update(classes=post.getlist("classes"), mode=post.get("mode", "keep"), on=post.get("on", "gt"))
+        elif kind == "exclude":
+            params["others"] = [int(i) for i in post.getlist("others")]
+        elif kind == "sample":
+            amount = post.get("amount", "").strip()
+            params["ratio" if "." in amount else "count"] = float(amount) if "." in amount else int(amount)
+        elif kind == "split":
+            params["ratios"] = _numbers(post.get("ratios", ""), float)
+        versions = operation_start(user=_user(request), kind=kind, name=post.get("name", ""), params=params)
+    except ValueError:
+        messages.error(request, _("Numbers are needed here."))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, _("Operation started."))
+        return redirect("dataset_detail", dataset_id=versions[0].pk)
+    return redirect("dataset_detail", dataset_id=version.pk)

@@ -121,3 +121,28 @@ def test_class_page_batch_add_rename_alias_merge(trainer):
     assert list(LabelClass.objects.values_list("name", flat=True)) == ["Brick"]
     response = client.post(reverse("class_alias", args=[brick.pk]), {"alias": "BRICK"}, follow=True)
     assert "Already in use" in response.content.decode()
+
+
+def test_operations_from_the_dataset_page(trainer, tmp_path):
+    from datasets.services import operation_run
+
+    project = ProjectFactory(owner=trainer)
+    files = {f"images/{i}.jpg": jpeg(colour=(i * 20, 100, 250 - i * 20)) for i in range(10)}
+    version = import_now(trainer, project, upload=make_zip(tmp_path / "a.zip", files))
+    client = logged_in(trainer)
+    url = reverse("dataset_operate", args=[version.pk])
+    response = client.post(url, {"kind": "split", "name": "parts", "ratios": "0.7, 0.3", "seed": "5"})
+    parts = list(DatasetVersion.objects.filter(group__name__startswith="parts-").order_by("id"))
+    assert response["Location"] == reverse("dataset_detail", args=[parts[0].pk])
+    operation_run(parts[0].task_id)
+    assert [p.asset_count for p in DatasetVersion.objects.filter(pk__in=[p.pk for p in parts]).order_by("id")] == [7, 3]
+    client.post(url, {"kind": "sample", "name": "few", "amount": "0.5"})
+    few = DatasetVersion.objects.get(group__name="few")
+    operation_run(few.task_id)
+    few.refresh_from_db()
+    assert few.asset_count == 5
+    response = client.post(url, {"kind": "sample", "name": "bad", "amount": "lots"}, follow=True)
+    assert "Numbers are needed" in response.content.decode()
+    assert not DatasetVersion.objects.filter(group__name="bad").exists()
+    page = client.get(reverse("dataset_detail", args=[version.pk])).content.decode()
+    assert "Make a new version" in page and 'value="merge"' in page

@@ -108,16 +108,18 @@ def test_start_serves_login_register_home_and_stops_cleanly(fresh_database_url, 
         assert (data_dir / "workspace" / "assets").is_dir()
         # the first account got the demo project; the start command's worker imports its three datasets
         assert "Lego demo" in home.text
-        project_url = base + "projects/" + re.search(r'href="/projects/(\d+)/"', home.text).group(1) + "/"
+        found = re.search(r'href="/projects/(\d+)/"', home.text)
+        assert found is not None
+        project_url = f"{base}projects/{found.group(1)}/"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            page = session.get(project_url, timeout=30).text
-            if page.count("state-ready") == 3:
+            text = session.get(project_url, timeout=30).text
+            if text.count("state-ready") == 3:
                 break
             time.sleep(0.5)
-        assert page.count("state-ready") == 3, page[-3000:]
+        assert text.count("state-ready") == 3, text[-3000:]
         for name, count in (("lego-train", 3), ("lego-test", 2), ("lego-mining", 4)):
-            row = page.split(name, 1)[1].split("</tr>", 1)[0]
+            row = text.split(name, 1)[1].split("</tr>", 1)[0]
             assert f"<td>{count}</td>" in row, row
     finally:
         process.send_signal(signal.SIGTERM)

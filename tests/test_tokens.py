@@ -155,6 +155,7 @@ def test_errors_share_one_shape(trainer):
         (ApiClient().get("/api/v1/me"), 401, "unauthenticated"),
         (api.post("/api/v1/tokens", {"name": ""}), 422, "invalid"),
         (api.post("/api/v1/projects", {"description": 5}), 422, "invalid"),
+        (api.delete("/api/v1/me"), 405, "method_not_allowed"),
     ]
     for response, status, code in cases:
         assert response.status_code == status, (response.status_code, response.content)

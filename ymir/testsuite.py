@@ -2,7 +2,8 @@
 
 Lint, format, types, migrations, deploy checks, catalogs, then pytest.
 
-Set ``YMIR_TEST_ONLY_PYTEST=1`` to run only pytest (CI's second pass on the embedded default does).
+Set ``YMIR_TEST_ONLY_PYTEST=1`` to run only pytest (CI's second pass on the embedded default does), or
+``YMIR_TEST_ONLY_STATIC=1`` to run only the checks before pytest.
 Extra arguments go to pytest.
 """
 
@@ -59,6 +60,8 @@ def main() -> None:
     )
     if not os.environ.get("YMIR_TEST_ONLY_PYTEST"):
         static_checks(env)
+    if os.environ.get("YMIR_TEST_ONLY_STATIC"):
+        return
     run("pytest", [PY, "-m", "pytest", *sys.argv[1:]], env)
 
 

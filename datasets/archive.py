@@ -50,6 +50,7 @@ class ZipSource:
     """Entries of a zip, checked as a whole before anything is read."""
 
     def __init__(self, path: Path, limits: Limits | None = None) -> None:
+        self.path = path
         self.limits = limits or Limits.from_settings()
         try:
             self.zip = zipfile.ZipFile(path)
@@ -96,6 +97,10 @@ class ZipSource:
     def names(self) -> list[str]:
         return list(self.entries)
 
+    def spec(self) -> tuple[str, str, Limits]:
+        """What a worker process needs to read the same (already checked) entries."""
+        return ("zip", str(self.path), self.limits)
+
     def read(self, name: str) -> bytes:
         info = self.entries[name]
         # Read at most the declared size plus one byte: a lying header cannot make us read more.
@@ -113,6 +118,7 @@ class FolderSource:
     """Files under a folder inside the sharing root; symlinks and anything resolving outside are refused."""
 
     def __init__(self, root: Path, limits: Limits | None = None) -> None:
+        self.path = root
         self.limits = limits or Limits.from_settings()
         self.root = root
         self.entries: dict[str, Path] = {}
@@ -140,8 +146,13 @@ class FolderSource:
     def names(self) -> list[str]:
         return list(self.entries)
 
+    def spec(self) -> tuple[str, str, Limits]:
+        return ("folder", str(self.root), self.limits)
+
     def read(self, name: str) -> bytes:
         path = self.entries[name]
+        if path.is_symlink():
+            raise SourceRefused(_("The folder contains a symbolic link: %(name)s") % {"name": name[:200]})
         if path.stat().st_size > self.limits.max_entry_bytes:
             raise SourceRefused(_("An entry is too large: %(name)s") % {"name": name[:200]})
         return path.read_bytes()
@@ -162,3 +173,29 @@ def sharing_path(relative: str) -> Path:
     if not candidate.is_dir():
         raise SourceRefused(_("No such folder under the sharing root: %(path)s") % {"path": relative[:200]})
     return candidate
+
+
+class CheckedReader:
+    """Reads entries of a source that the parent process has already checked (in import worker processes)."""
+
+    def __init__(self, spec: tuple[str, str, Limits]) -> None:
+        self.kind, path, self.limits = spec
+        self.root = Path(path)
+        self.zip = zipfile.ZipFile(self.root) if self.kind == "zip" else None
+
+    def read(self, name: str) -> bytes:
+        if self.zip is not None:
+            info = self.zip.getinfo(name)
+            with self.zip.open(info) as handle:
+                data = handle.read(info.file_size + 1)
+            if len(data) > info.file_size:
+                raise SourceRefused(f"An entry is larger than its header says: {name[:200]}")
+            return data
+        path = self.root / name
+        if path.is_symlink() or path.stat().st_size > self.limits.max_entry_bytes:
+            raise SourceRefused(f"Refused entry: {name[:200]}")
+        return path.read_bytes()
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()

@@ -33,6 +33,26 @@ class RawAnnotation:
     boxes: list[RawBox] = field(default_factory=list)
     image_tags: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
+    checked: dict[str, int] | None = None  # set once boxes are clipped: counts of 'clipped' and 'rejected_*'
+
+
+def clip_annotation(annotation: RawAnnotation, width: int, height: int) -> None:
+    """Clip every box to the image once; rejected boxes are dropped and counted by reason."""
+    if annotation.checked is not None:
+        return
+    counts: dict[str, int] = {}
+    kept: list[RawBox] = []
+    for raw in annotation.boxes:
+        outcome, box = clip_box(raw, width, height)
+        if box is None:
+            reason = outcome.replace(": ", "_").replace(" ", "_")
+            counts[reason] = counts.get(reason, 0) + 1
+            continue
+        if outcome == "clipped":
+            counts["clipped"] = counts.get("clipped", 0) + 1
+        kept.append(box)
+    annotation.boxes = kept
+    annotation.checked = counts
 
 
 def _text(node: Element | None) -> str:

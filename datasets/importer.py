@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core.errors import Invalid
-from datasets.formats import FormatError, RawAnnotation, RawBox, clip_box, parse_coco, parse_voc, parse_yolo
+from core.workspace import workspace_root
+from datasets.bulk import bulk_insert, insert_assets_ignoring_known
+from datasets.formats import FormatError, RawAnnotation, clip_annotation, parse_coco, parse_yolo
+from datasets.ingest import Spec, ingest_chunk, run_parallel, worker_count
 from datasets.models import Asset, Box, DatasetAsset, DatasetVersion, LabelClass, LabelKeyword, PredictionSet
-from datasets.store import IMAGE_EXTENSIONS, ImageInfo, ImageRejected, inspect_image, store_bytes
+from datasets.store import IMAGE_EXTENSIONS, ImageInfo
 
 IMAGE_DIRS = ("images", "jpegimages")
 GT_DIRS = ("gt", "annotations", "labels")
@@ -38,6 +42,8 @@ class Source(Protocol):
     def names(self) -> list[str]: ...
 
     def read(self, name: str) -> bytes: ...
+
+    def spec(self) -> Spec: ...
 
 
 class UnknownClasses(Invalid):
@@ -79,15 +85,29 @@ class Layout:
     other: list[str]
 
 
+FOLDER_KINDS = {
+    **dict.fromkeys(IMAGE_DIRS, "images"),
+    **dict.fromkeys(GT_DIRS, "gt"),
+    **dict.fromkeys(PRED_DIRS, "pred"),
+}
+
+
 def _split(name: str) -> tuple[str, str] | None:
     """('images'|'gt'|'pred', key) for an entry under a known folder; the key keeps sub-folders."""
-    parts = PurePosixPath(name).parts
+    parts = name.split("/")
     for i, part in enumerate(parts[:-1]):
-        low = part.lower()
-        kind = "images" if low in IMAGE_DIRS else "gt" if low in GT_DIRS else "pred" if low in PRED_DIRS else None
+        kind = FOLDER_KINDS.get(part.lower())
         if kind:
-            return kind, str(PurePosixPath(*parts[i + 1 :]))
+            return kind, "/".join(parts[i + 1 :])
     return None
+
+
+def _stem_suffix(rel: str) -> tuple[str, str]:
+    slash = rel.rfind("/")
+    dot = rel.rfind(".")
+    if dot <= slash + 1:  # no suffix, or a dot-file
+        return rel, ""
+    return rel[:dot], rel[dot:].lower()
 
 
 def detect_layout(names: list[str], report: Report) -> Layout:
@@ -98,7 +118,7 @@ def detect_layout(names: list[str], report: Report) -> Layout:
             layout.other.append(name)
             continue
         kind, rel = where
-        stem, suffix = str(PurePosixPath(rel).with_suffix("")), PurePosixPath(rel).suffix.lower()
+        stem, suffix = _stem_suffix(rel)
         if kind == "images":
             if suffix not in IMAGE_EXTENSIONS:
                 report.skip(name, _("not an image type (png, jpg, jpeg, bmp)"))
@@ -119,20 +139,13 @@ class Parsed:
 
 
 def parse_annotations(source: Source, layout: Layout, fmt: str, report: Report) -> Parsed:
+    """COCO and YOLO annotations (VOC files are parsed beside their images, in the parallel pass)."""
     parsed = Parsed(gt={}, pred={})
     for kind in ("gt", "pred"):
-        files: dict[str, str] = getattr(layout, kind)
+        files_of_kind: dict[str, str] = getattr(layout, kind)
         target: dict[str, RawAnnotation] = getattr(parsed, kind)
-        if fmt == "voc":
-            for stem, name in files.items():
-                if not name.lower().endswith(".xml"):
-                    continue
-                try:
-                    target[stem] = parse_voc(source.read(name))
-                except FormatError as exc:
-                    report.skip(name, str(exc))
-        elif fmt == "coco":
-            for rel, name in files.items():
+        if fmt == "coco":
+            for rel, name in files_of_kind.items():
                 if not rel.lower().endswith(".json"):
                     continue
                 try:
@@ -145,10 +158,10 @@ def parse_annotations(source: Source, layout: Layout, fmt: str, report: Report) 
                     target[str(PurePosixPath(file_name).with_suffix(""))] = annotation
         elif fmt == "yolo" and parsed.yolo_names is None:
             class_file = next(
-                (n for n in layout.other + list(files.values()) if PurePosixPath(n).name in YOLO_CLASS_FILES),
+                (n for n in layout.other + list(files_of_kind.values()) if PurePosixPath(n).name in YOLO_CLASS_FILES),
                 None,
             )
-            if files and class_file is None:
+            if files_of_kind and class_file is None:
                 raise Invalid(_("A YOLO import needs classes.txt (one class name per line)."), code="bad_annotations")
             if class_file:
                 parsed.yolo_names = [
@@ -205,135 +218,156 @@ def run_import(
     if not layout.images:
         raise Invalid(_("No images found: put them in an images/ (or JPEGImages/) folder."), code="no_images")
     parsed = parse_annotations(source, layout, fmt, report)
-    label_names = {b.label for a in (*parsed.gt.values(), *parsed.pred.values()) for b in a.boxes}
-    mapping = _resolve_classes(label_names, unknown_classes, report, user_id)
+    writer = VersionWriter(version, report, unknown_classes, user_id)
+    if fmt == "coco":  # every class is known before any byte is stored
+        writer.resolve({b.label for a in (*parsed.gt.values(), *parsed.pred.values()) for b in a.boxes})
 
-    # Phase 1: image bytes into the content store.
-    infos: dict[str, ImageInfo] = {}
-    seen: dict[str, str] = {}
-    total = len(layout.images)
-    last = time.monotonic()
-    for done, (key, name) in enumerate(layout.images.items(), 1):
+    def xml(kind: str, key: str) -> str | None:
+        name = getattr(layout, kind).get(key)
+        return name if fmt == "voc" and name and name.lower().endswith(".xml") else None
+
+    def yolo(kind: str, key: str, info: ImageInfo) -> RawAnnotation | None:
+        name = getattr(layout, kind).get(key)
+        if not name or parsed.yolo_names is None or PurePosixPath(name).name in YOLO_CLASS_FILES:
+            return None
         try:
-            data = source.read(name)
-            info = inspect_image(data)
-        except ImageRejected as exc:
+            return parse_yolo(source.read(name), parsed.yolo_names, info.width, info.height)
+        except FormatError as exc:
             report.skip(name, str(exc))
+            return None
+
+    # One parallel pass (image bytes into the content store, VOC parsed and clipped in the workers) while
+    # this process writes the rows of the version, chunk by chunk. The version stays pending, so none of its
+    # rows is visible, until everything is written; on failure its rows are deleted.
+    work = [(key, name, xml("gt", key), xml("pred", key)) for key, name in layout.images.items()]
+    seen: dict[str, str] = {}
+    done = 0
+    last = time.monotonic()
+    fixed = (source.spec(), str(workspace_root()), settings.YMIR_MAX_IMAGE_PIXELS)
+    workers = worker_count(settings.YMIR_IMPORT_WORKERS)
+    for key, name, info, why, stored, gt, pred, errors in run_parallel(ingest_chunk, fixed, work, workers):
+        done += 1
+        if time.monotonic() - last > 1.0:
+            progress(0.95 * done / len(work))
+            last = time.monotonic()
+        for file_name, error in errors:
+            report.skip(file_name, error)
+        if info is None:
+            report.skip(name, why)
             continue
         if info.sha1 in seen:
             report.skip(name, _("the same image as %(other)s") % {"other": seen[info.sha1]})
             continue
         seen[info.sha1] = name
-        report.new_assets += store_bytes(info.sha1, data)
-        infos[key] = info
-        if time.monotonic() - last > 1.0:
-            progress(0.9 * done / total)
-            last = time.monotonic()
-
-    if fmt == "yolo" and parsed.yolo_names is not None:
-        for kind in ("gt", "pred"):
-            for key, name in getattr(layout, kind).items():
-                if key in infos and PurePosixPath(name).name not in YOLO_CLASS_FILES:
-                    try:
-                        getattr(parsed, kind)[key] = parse_yolo(
-                            source.read(name), parsed.yolo_names, infos[key].width, infos[key].height
-                        )
-                    except FormatError as exc:
-                        report.skip(name, str(exc))
-        label_names = {b.label for a in (*parsed.gt.values(), *parsed.pred.values()) for b in a.boxes}
-        mapping = _resolve_classes(label_names, unknown_classes, report, user_id)
-
-    # Phase 2: every row of the version in one transaction.
+        report.new_assets += stored
+        if fmt == "coco":
+            gt, pred = parsed.gt.get(key), parsed.pred.get(key)
+        elif fmt == "yolo":
+            gt, pred = yolo("gt", key, info), yolo("pred", key, info)
+        writer.add(name, info, gt, pred)
+    writer.flush()
+    report.imported = writer.items
     with transaction.atomic():
-        _write_version(version, layout, infos, parsed, mapping, report)
+        version_finish(version, report.as_dict())
     progress(1.0)
     return report
 
 
+BOX_COLUMNS = ("version_id", "asset_id", "label_id", "prediction_set_id", "x1", "y1", "x2", "y2", "score", "tags")
+WRITE_BATCH = 512
+
+
+class VersionWriter:
+    """Writes a pending version's rows in batches: assets (once by sha1), memberships, boxes."""
+
+    def __init__(self, version: DatasetVersion, report: Report, strategy: str, user_id: int | None) -> None:
+        self.version = version
+        self.report = report
+        self.strategy = strategy
+        self.user_id = user_id
+        self.mapping: dict[str, int] = {}
+        self.resolved: set[str] = set()
+        self.pending: list[tuple[str, ImageInfo, RawAnnotation | None, RawAnnotation | None]] = []
+        self.prediction_set_id: int | None = None
+        self.items = 0
+        version_clear_rows(version)  # a retried or redelivered import starts clean
+
+    def resolve(self, names: set[str]) -> None:
+        fresh = {n for n in names if n not in self.resolved}
+        if fresh:
+            self.mapping.update(_resolve_classes(fresh, self.strategy, self.report, self.user_id))
+            self.resolved |= fresh
+
+    def add(self, name: str, info: ImageInfo, gt: RawAnnotation | None, pred: RawAnnotation | None) -> None:
+        self.pending.append((name, info, gt, pred))
+        if len(self.pending) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self.resolve({b.label for _n, _i, gt, pred in batch for a in (gt, pred) if a for b in a.boxes})
+        if self.prediction_set_id is None and any(pred is not None for *_rest, pred in batch):
+            self.prediction_set_id = PredictionSet.objects.create(
+                version=self.version, source=PredictionSet.Source.IMPORTED, name="imported"
+            ).pk
+        now = timezone.now()
+        with transaction.atomic():
+            insert_assets_ignoring_known(
+                [(i.sha1, i.width, i.height, i.size_bytes, i.format, now) for _n, i, *_r in batch]
+            )
+            ids = dict(Asset.objects.filter(sha1__in=[i.sha1 for _n, i, *_r in batch]).values_list("sha1", "id"))
+            bulk_insert(
+                "datasets_datasetasset",
+                ("version_id", "asset_id", "name", "tags"),
+                [(self.version.pk, ids[i.sha1], n, gt.image_tags if gt else {}) for n, i, gt, _p in batch],
+            )
+            bulk_insert("datasets_box", BOX_COLUMNS, self._boxes(batch, ids))
+        self.items += len(batch)
+
+    def _boxes(
+        self, batch: list[tuple[str, ImageInfo, RawAnnotation | None, RawAnnotation | None]], ids: dict[str, int]
+    ) -> Iterator[tuple[Any, ...]]:
+        for _name, info, gt, pred in batch:
+            for kind, annotation, pset in (("gt", gt, None), ("pred", pred, self.prediction_set_id)):
+                if annotation is not None:
+                    yield from _box_rows(
+                        self.version.pk, ids[info.sha1], info, annotation, self.mapping, self.report, kind, pset
+                    )
+
+
+def version_clear_rows(version: DatasetVersion) -> None:
+    """Delete the rows of a version that is not ready (a failed or interrupted import)."""
+    if version.state == DatasetVersion.State.READY:
+        return
+    with transaction.atomic():
+        Box.objects.filter(version=version).delete()
+        DatasetAsset.objects.filter(version=version).delete()
+        PredictionSet.objects.filter(version=version).delete()
+
+
 def _box_rows(
-    version: DatasetVersion,
+    version_id: int,
     asset_id: int,
     info: ImageInfo,
-    annotation: RawAnnotation | None,
+    annotation: RawAnnotation,
     mapping: dict[str, int],
     report: Report,
     kind: str,
-    prediction_set: PredictionSet | None,
-) -> list[Box]:
-    rows: list[Box] = []
-    for raw in annotation.boxes if annotation else []:
-        label_id = mapping.get(" ".join(raw.label.split()).lower())
+    prediction_set_id: int | None,
+) -> Iterator[tuple[Any, ...]]:
+    clip_annotation(annotation, info.width, info.height)  # VOC boxes were clipped in the worker already
+    for reason, count in (annotation.checked or {}).items():
+        report.boxes[f"{kind}_{reason}"] += count
+    for box in annotation.boxes:
+        label_id = mapping.get(" ".join(box.label.split()).lower())
         if label_id is None:
             report.boxes[f"{kind}_unknown_class"] += 1
             continue
-        outcome, box = clip_box(raw, info.width, info.height)
-        if box is None:
-            report.boxes[f"{kind}_{outcome.replace(': ', '_').replace(' ', '_')}"] += 1
-            continue
-        if outcome == "clipped":
-            report.boxes[f"{kind}_clipped"] += 1
         report.boxes[kind] += 1
-        rows.append(_make_box(version, asset_id, label_id, box, prediction_set))
-    return rows
-
-
-def _make_box(version: DatasetVersion, asset_id: int, label_id: int, box: RawBox, pset: PredictionSet | None) -> Box:
-    return Box(
-        version=version,
-        asset_id=asset_id,
-        label_id=label_id,
-        prediction_set=pset,
-        x1=box.x1,
-        y1=box.y1,
-        x2=box.x2,
-        y2=box.y2,
-        score=box.score if pset else None,
-        tags=box.tags,
-    )
-
-
-def _write_version(
-    version: DatasetVersion,
-    layout: Layout,
-    infos: dict[str, ImageInfo],
-    parsed: Parsed,
-    mapping: dict[str, int],
-    report: Report,
-) -> None:
-    Asset.objects.bulk_create(
-        [
-            Asset(sha1=i.sha1, width=i.width, height=i.height, size_bytes=i.size_bytes, format=i.format)
-            for i in infos.values()
-        ],
-        batch_size=BATCH,
-        ignore_conflicts=True,
-    )
-    ids: dict[str, int] = {}
-    shas = [i.sha1 for i in infos.values()]
-    for start in range(0, len(shas), BATCH):
-        ids.update(Asset.objects.filter(sha1__in=shas[start : start + BATCH]).values_list("sha1", "id"))
-    pset = (
-        PredictionSet.objects.create(version=version, source=PredictionSet.Source.IMPORTED, name="imported")
-        if parsed.pred
-        else None
-    )
-    items: list[DatasetAsset] = []
-    boxes: list[Box] = []
-    for key, info in infos.items():
-        asset_id = ids[info.sha1]
-        gt = parsed.gt.get(key)
-        items.append(
-            DatasetAsset(version=version, asset_id=asset_id, name=layout.images[key], tags=gt.image_tags if gt else {})
-        )
-        boxes += _box_rows(version, asset_id, info, gt, mapping, report, "gt", None)
-        boxes += _box_rows(version, asset_id, info, parsed.pred.get(key), mapping, report, "pred", pset)
-        if len(boxes) >= BATCH:
-            Box.objects.bulk_create(boxes, batch_size=BATCH)
-            boxes = []
-    DatasetAsset.objects.bulk_create(items, batch_size=BATCH)
-    Box.objects.bulk_create(boxes, batch_size=BATCH)
-    report.imported = len(items)
-    version_finish(version, report.as_dict())
+        score = box.score if prediction_set_id else None
+        yield (version_id, asset_id, label_id, prediction_set_id, box.x1, box.y1, box.x2, box.y2, score, box.tags)
 
 
 def version_counts(version: DatasetVersion) -> dict[str, object]:

@@ -229,6 +229,9 @@ def demo_project_start(*, user: User) -> Project:
 
 
 def _fail(version: DatasetVersion, task_id: int, code: str, message: str, details: object) -> None:
+    from datasets.importer import version_clear_rows
+
+    version_clear_rows(version)
     version.state = DatasetVersion.State.ERROR
     version.report = {"error": {"code": code, "message": message, "details": details}}
     version.save(update_fields=["state", "report"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,13 @@ class ImageInfo:
     format: str
 
 
-def asset_path(sha1: str) -> Path:
-    return workspace_root() / "assets" / sha1[:2] / sha1
+def asset_path(sha1: str, root: Path | None = None) -> Path:
+    return (root or workspace_root()) / "assets" / sha1[:2] / sha1
 
 
-def inspect_image(data: bytes) -> ImageInfo:
+def inspect_image(data: bytes, max_pixels: int | None = None) -> ImageInfo:
     """Hash and read the header only (no full decode); refuse bombs, unknown formats and truncated files."""
-    limit = settings.YMIR_MAX_IMAGE_PIXELS
+    limit = max_pixels or settings.YMIR_MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -71,18 +70,28 @@ def _looks_truncated(data: bytes, fmt: str) -> bool:
     return False
 
 
-def store_bytes(sha1: str, data: bytes) -> bool:
+_KNOWN_FOLDERS: set[Path] = set()
+
+
+def store_bytes(sha1: str, data: bytes, root: Path | None = None) -> bool:
     """Write the bytes once; True if they were new. Atomic: a reader never sees a partial file."""
-    path = asset_path(sha1)
+    path = asset_path(sha1, root)
     if path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    if path.parent not in _KNOWN_FOLDERS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _KNOWN_FOLDERS.add(path.parent)
+    tmp = path.parent / f".tmp-{os.getpid()}-{sha1}"
     try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:  # the folder went away since we saw it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return True

@@ -109,5 +109,5 @@ def test_import_a_dataset_watch_its_progress_and_browse_it(page, live_server, wo
     assert page.locator("figure.asset rect.gt").count() > 6
     page.screenshot(path=str(SHOTS / "dataset.png"), full_page=True)
     page.get_by_role("link", name="Classes").click()
-    page.get_by_role("heading", name="Classes").wait_for()
+    page.get_by_role("heading", name="Classes", exact=True).wait_for()
     assert page.locator("tbody tr").count() >= 5

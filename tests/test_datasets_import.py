@@ -316,3 +316,26 @@ def test_dataset_names_are_unique_per_project(trainer, project, tmp_path):
     import_now(trainer, project, name="Bricks", upload=archive)
     with pytest.raises(Conflict, match="already has a dataset"):
         import_now(trainer, project, name="bricks", upload=archive)
+
+
+def test_parallel_image_pass_gives_the_same_version(trainer, project, lego_classes, tmp_path, settings, monkeypatch):
+    import datasets.ingest
+
+    archive = write_voc_zip_with_pred(tmp_path / "p.zip", 20, seed=21)
+    serial = import_now(trainer, project, name="serial", upload=archive)
+    monkeypatch.setattr(datasets.ingest, "IN_PROCESS_BELOW", 0)
+    monkeypatch.setattr(datasets.ingest, "CHUNK", 3)
+    settings.YMIR_IMPORT_WORKERS = 2
+    parallel = import_now(
+        trainer, project, name="parallel", upload=write_voc_zip_with_pred(tmp_path / "q.zip", 20, seed=21)
+    )
+
+    def content(version):
+        return sorted(
+            (b.asset.sha1, b.label_id, b.x1, b.y1, b.x2, b.y2, b.score or -1.0)
+            for b in Box.objects.filter(version=version).select_related("asset")
+        )
+
+    assert parallel.state == "ready" and parallel.asset_count == 20
+    assert content(parallel) == content(serial)
+    assert [i.name for i in parallel.items.order_by("id")] == [i.name for i in serial.items.order_by("id")]

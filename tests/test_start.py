@@ -39,7 +39,7 @@ def test_start_serves_login_register_home_and_stops_cleanly(fresh_database_url, 
         {
             "YMIR_DATA_DIR": str(data_dir),
             "YMIR_DEFAULT_QUEUE": f"start-{uuid.uuid4().hex[:8]}",
-            "YMIR_DEMO_SIZES": "3,2,4",
+            "YMIR_DEMO_SIZES": "260,2,4",
         }
     )
     env.pop("YMIR_DEMO", None)  # the start command turns the demo on
@@ -118,7 +118,7 @@ def test_start_serves_login_register_home_and_stops_cleanly(fresh_database_url, 
                 break
             time.sleep(0.5)
         assert text.count("state-ready") == 3, text[-3000:]
-        for name, count in (("lego-train", 3), ("lego-test", 2), ("lego-mining", 4)):
+        for name, count in (("lego-train", 260), ("lego-test", 2), ("lego-mining", 4)):
             row = text.split(name, 1)[1].split("</tr>", 1)[0]
             assert f"<td>{count}</td>" in row, row
     finally:

@@ -228,3 +228,4 @@ YMIR_MAX_IMAGE_PIXELS = env_int("YMIR_MAX_IMAGE_PIXELS", 178_956_970)
 # The start command turns the demo on: the first account gets a project with the synthetic Lego-like set.
 YMIR_DEMO = env_bool("YMIR_DEMO", False)
 YMIR_DEMO_SIZES = [int(n) for n in env_list("YMIR_DEMO_SIZES", "100,10,1181")]
+YMIR_IMPORT_WORKERS = env_int("YMIR_IMPORT_WORKERS", 0)  # threads for the image pass; 0: one per core

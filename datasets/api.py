@@ -10,8 +10,9 @@ from django.utils.translation import gettext as _
 from ninja import Router, Schema, Status
 from pydantic import Field, ValidationError
 
-from core.errors import Invalid
+from core.errors import Conflict, Invalid
 from core.models import User
+from datasets.analysis import analyse
 from datasets.models import DatasetVersion
 from datasets.operations import operation_start
 from datasets.selectors import version_visible_to
@@ -195,3 +196,11 @@ def _operation_endpoint(kind: str) -> None:
 
 for _kind in ("merge", "filter", "exclude", "sample", "split"):
     _operation_endpoint(_kind)
+
+
+@router.get("/datasets/{int:dataset_id}/analysis", summary="Overall figures and distributions of a dataset")
+def dataset_analysis(request: HttpRequest, dataset_id: int) -> dict[str, Any]:
+    version = version_visible_to(cast(User, request.user), dataset_id)
+    if version.state != DatasetVersion.State.READY:
+        raise Conflict(_("The dataset is not ready."), code="not_ready")
+    return analyse(version)

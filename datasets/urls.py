@@ -4,6 +4,7 @@ from datasets import views
 
 urlpatterns = [
     path("projects/<int:project_id>/datasets/import", views.dataset_import, name="dataset_import"),
+    path("datasets/analysis", views.dataset_analysis, name="dataset_analysis"),
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
     path("datasets/<int:dataset_id>/retry", views.dataset_retry, name="dataset_retry"),
     path("datasets/<int:dataset_id>/export", views.dataset_export, name="dataset_export"),

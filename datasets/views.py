@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from core.errors import ServiceError
 from core.models import User
 from datasets import classes as class_service
+from datasets.analysis import analyse
 from datasets.forms import AliasForm, ClassBatchForm, ClassRenameForm, ImportForm, MergeForm
 from datasets.models import Box, DatasetAsset, DatasetVersion, LabelClass
 from datasets.operations import operation_start
@@ -255,3 +256,76 @@ def dataset_operate(request: HttpRequest, dataset_id: int) -> HttpResponse:
         messages.success(request, _("Operation started."))
         return redirect("dataset_detail", dataset_id=versions[0].pk)
     return redirect("dataset_detail", dataset_id=version.pk)
+
+
+def _series(analyses: list[dict[str, object]], path: tuple[str, ...]) -> dict[str, object]:
+    """One chart: the bins of the first analysis, one series (dataset) each."""
+    series = []
+    labels: list[str] = []
+    for analysis in analyses:
+        node: Any = analysis
+        for key in path:
+            node = node[key]
+        labels = node["bins"]
+        series.append({"label": analysis["name"], "data": node["counts"]})
+    return {"labels": labels, "series": series}
+
+
+def _class_series(analyses: list[dict[str, Any]], layer: str) -> dict[str, object]:
+    names = sorted({n for a in analyses for n in a["boxes"][layer]["classes"]})
+    return {
+        "labels": names,
+        "series": [
+            {"label": a["name"], "data": [a["boxes"][layer]["classes"].get(n, 0) for n in names]} for a in analyses
+        ],
+    }
+
+
+@login_required
+def dataset_analysis(request: HttpRequest) -> HttpResponse:
+    """Analysis of one dataset, or several side by side (?ids=1&ids=2)."""
+    user = _user(request)
+    ids = [int(i) for i in request.GET.getlist("ids") if i.isdigit()][:6]
+    versions = [version_visible_to(user, i) for i in ids]
+    analyses = [analyse(v) for v in versions if v.state == DatasetVersion.State.READY]
+    charts: list[dict[str, Any]] = []
+    if analyses:
+        charts = [
+            {"id": "file-size", "title": _("Image file size"), **_series(analyses, ("images", "file_size"))},
+            {
+                "id": "aspect",
+                "title": _("Aspect ratio (width / height)"),
+                **_series(analyses, ("images", "aspect_ratio")),
+            },
+            {"id": "megapixels", "title": _("Resolution (megapixels)"), **_series(analyses, ("images", "megapixels"))},
+            {"id": "gt-classes", "title": _("Class proportion (ground truth)"), **_class_series(analyses, "gt")},
+            {
+                "id": "gt-area",
+                "title": _("Box area / image area (ground truth)"),
+                **_series(analyses, ("boxes", "gt", "relative_area")),
+            },
+            {
+                "id": "gt-side",
+                "title": _("Box size, square root of area (ground truth)"),
+                **_series(analyses, ("boxes", "gt", "side_pixels")),
+            },
+        ]
+        if any(a["boxes"]["pred"]["count"] for a in analyses):
+            charts += [
+                {"id": "pred-classes", "title": _("Class proportion (predictions)"), **_class_series(analyses, "pred")},
+                {
+                    "id": "pred-area",
+                    "title": _("Box area / image area (predictions)"),
+                    **_series(analyses, ("boxes", "pred", "relative_area")),
+                },
+            ]
+    for chart in charts:
+        series: Any = chart["series"]
+        labels: Any = chart["labels"]
+        chart["rows"] = [(label, [s["data"][i] for s in series]) for i, label in enumerate(labels)]
+    choices = versions_visible_to(user).filter(state=DatasetVersion.State.READY).order_by("-created_at")[:200]
+    return render(
+        request,
+        "datasets/dataset_analysis.html",
+        {"analyses": analyses, "charts": charts, "choices": choices, "selected": ids},
+    )

@@ -108,6 +108,12 @@ def test_import_a_dataset_watch_its_progress_and_browse_it(page, live_server, wo
     assert page.locator("figure.asset").count() == 6
     assert page.locator("figure.asset rect.gt").count() > 6
     page.screenshot(path=str(SHOTS / "dataset.png"), full_page=True)
+    page.get_by_role("link", name="Analysis").click()
+    page.get_by_role("heading", name="Dataset analysis").wait_for()
+    page.wait_for_selector("canvas[data-drawn='1']")
+    assert page.locator("canvas[data-drawn='1']").count() >= 6
+    page.screenshot(path=str(SHOTS / "analysis.png"), full_page=True)
+    page.go_back()
     page.get_by_role("link", name="Classes").click()
     page.get_by_role("heading", name="Classes", exact=True).wait_for()
     assert page.locator("tbody tr").count() >= 5

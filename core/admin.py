@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from core import services
 from core.errors import ServiceError
-from core.models import ApiToken, User
+from core.models import ApiToken, UrlAllowRule, User
 
 
 class PlatformAdminMixin:
@@ -111,3 +111,11 @@ class ApiTokenAdmin(PlatformAdminMixin, admin.ModelAdmin):
     @admin.action(description=_("Revoke the selected tokens"))
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+@admin.register(UrlAllowRule)
+class UrlAllowRuleAdmin(PlatformAdminMixin, admin.ModelAdmin):
+    list_display = ("pattern", "note", "created_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return bool(getattr(request.user, "is_platform_admin", False))

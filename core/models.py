@@ -94,3 +94,14 @@ class ApiToken(models.Model):
     def is_live(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class UrlAllowRule(models.Model):
+    """A host name or a network (CIDR) that user-given URLs may reach although it is not public."""
+
+    pattern = models.CharField(_("host or network"), max_length=200, unique=True)
+    note = models.CharField(_("note"), max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.pattern

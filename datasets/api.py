@@ -133,8 +133,6 @@ def dataset_import(request: HttpRequest, project_id: int) -> Status[dict[str, in
         except (ValueError, ValidationError) as exc:
             details = exc.errors() if isinstance(exc, ValidationError) else str(exc)
             raise Invalid(_("The request is not valid."), details=json.loads(json.dumps(details, default=str))) from exc
-        if body.source.url:
-            raise Invalid(_("Import from a URL is not available yet."), code="not_available")
         version = dataset_import_start(
             user=user,
             project=project,
@@ -144,6 +142,7 @@ def dataset_import(request: HttpRequest, project_id: int) -> Status[dict[str, in
             unknown_classes=body.unknown_classes,
             path=body.source.path,
             copy_of=body.source.dataset_id,
+            url=body.source.url,
         )
     return Status(202, {"id": version.pk, "task_id": cast(int, version.task_id)})
 

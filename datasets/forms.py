@@ -9,7 +9,12 @@ from datasets.models import DatasetVersion
 
 
 class ImportForm(forms.Form):
-    SOURCES = [("upload", _("Zip upload")), ("path", _("Server path")), ("copy", _("Copy of a dataset"))]
+    SOURCES = [
+        ("upload", _("Zip upload")),
+        ("url", _("URL of a zip")),
+        ("path", _("Server path")),
+        ("copy", _("Copy of a dataset")),
+    ]
     name = forms.CharField(label=_("Name"), max_length=100)
     description = forms.CharField(label=_("Description"), required=False, max_length=2000)
     source = forms.ChoiceField(label=_("Source"), choices=SOURCES, initial="upload", widget=forms.RadioSelect)
@@ -18,6 +23,7 @@ class ImportForm(forms.Form):
         required=False,
         help_text=_("images/ (or JPEGImages/), optional gt/ and pred/ annotations."),
     )
+    url = forms.URLField(label=_("URL of the zip"), required=False, max_length=2000, assume_scheme="https")
     path = forms.CharField(label=_("Folder under the sharing root"), required=False, max_length=1000)
     copy_of = forms.ModelChoiceField(label=_("Dataset to copy"), queryset=DatasetVersion.objects.none(), required=False)
     format = forms.ChoiceField(
@@ -42,6 +48,8 @@ class ImportForm(forms.Form):
         source = cleaned.get("source")
         if source == "upload" and not cleaned.get("file"):
             self.add_error("file", _("Choose a zip file."))
+        if source == "url" and not cleaned.get("url"):
+            self.add_error("url", _("Give a URL."))
         if source == "path" and not cleaned.get("path"):
             self.add_error("path", _("Give a folder."))
         if source == "copy" and not cleaned.get("copy_of"):

@@ -15,6 +15,7 @@ from django.utils.translation import gettext as _
 
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from core.models import User
+from core.netguard import check_url, fetch
 from core.workspace import workspace_root
 from datasets.archive import FolderSource, ZipSource, sharing_path
 from datasets.importer import run_import, version_finish
@@ -65,6 +66,7 @@ def dataset_import_start(
     upload: Path | None = None,
     path: str | None = None,
     copy_of: int | None = None,
+    url: str | None = None,
 ) -> DatasetVersion:
     name = name.strip()
     if not name:
@@ -73,13 +75,15 @@ def dataset_import_start(
         raise Invalid(_("Unknown format: choose voc, coco or yolo."), code="invalid_format")
     if unknown_classes not in UNKNOWN_CLASS_STRATEGIES:
         raise Invalid(_("Unknown classes strategy: choose stop, ignore or add."), code="invalid_strategy")
-    if sum(x is not None for x in (upload, path, copy_of)) != 1:
+    if sum(x is not None for x in (upload, path, copy_of, url)) != 1:
         raise Invalid(
-            _("Give exactly one source: a zip file, a server path or a dataset to copy."),
-            code="invalid_source",
+            _("Give exactly one source: a zip file, a URL, a server path or a dataset to copy."), code="invalid_source"
         )
     source: dict[str, object]
-    if path is not None:
+    if url is not None:
+        check_url(url)  # refuse at once; checked again, hop by hop, when the task downloads it
+        source = {"url": url}
+    elif path is not None:
         sharing_path(path)  # refuse at once; checked again when the task runs
         source = {"path": path}
     elif copy_of is not None:
@@ -142,7 +146,8 @@ def import_execute(task_id: int) -> None:
         task_finish(task_id, state=Task.State.DONE)
         return
     params = version.parameters
-    source_spec = params["source"]
+    source_spec = dict(params["source"])
+    made_here = "demo" in source_spec or "url" in source_spec  # a zip this task made: removed whatever happens
     try:
         if "dataset_id" in source_spec:
             with transaction.atomic():
@@ -151,6 +156,8 @@ def import_execute(task_id: int) -> None:
         else:
             if "demo" in source_spec:
                 source_spec["upload"] = str(_demo_zip(source_spec["demo"]))
+            if "url" in source_spec:
+                source_spec["upload"] = str(_download(str(source_spec["url"])))
             if "path" in source_spec:
                 reader: ZipSource | FolderSource = FolderSource(sharing_path(str(source_spec["path"])))
             else:
@@ -180,9 +187,24 @@ def import_execute(task_id: int) -> None:
             None,
         )
         return
+    finally:
+        if made_here and "upload" in source_spec:
+            Path(str(source_spec["upload"])).unlink(missing_ok=True)
     task_finish(task_id, state=Task.State.DONE)
-    if "upload" in source_spec:
+    if "upload" in source_spec:  # an uploaded zip is kept after a failure, for a retry; removed once imported
         Path(str(source_spec["upload"])).unlink(missing_ok=True)
+
+
+def _download(url: str) -> Path:
+    path = _upload_path()
+    try:
+        with path.open("wb") as out:
+            for chunk in fetch(url, max_bytes=settings.YMIR_IMPORT_MAX_DOWNLOAD_BYTES):
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _demo_zip(spec: dict[str, int]) -> Path:
@@ -333,3 +355,9 @@ def operation_run(task_id: int) -> None:
             )
         return
     task_finish(task_id, state=Task.State.DONE)
+
+
+def versions_fail_for_task(task_id: int, code: str, message: str) -> None:
+    """The versions a lost task was making end in error, with no rows left behind."""
+    for version in DatasetVersion.objects.filter(task_id=task_id, state=DatasetVersion.State.PENDING):
+        _fail(version, task_id, code, message, None)

@@ -58,6 +58,7 @@ def dataset_import(request: HttpRequest, project_id: int) -> HttpResponse:
                 unknown_classes=data["unknown_classes"],
                 upload=upload,
                 path=data["path"] if data["source"] == "path" else None,
+                url=data["url"] if data["source"] == "url" else None,
                 copy_of=data["copy_of"].pk if data["source"] == "copy" else None,
             )
         except ServiceError as exc:

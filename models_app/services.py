@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from core.models import User
@@ -33,14 +34,41 @@ def task_begin(task_id: int) -> Task | None:
             return None
         task.state = State.RUNNING
         task.started_at = task.started_at or timezone.now()
-        task.save(update_fields=["state", "started_at"])
+        task.heartbeat_at = timezone.now()
+        task.save(update_fields=["state", "started_at", "heartbeat_at"])
     return task
 
 
 def task_progress(task_id: int, percent: float) -> None:
+    """Progress only moves forward, and only while running; every update is also a heartbeat."""
+    Task.objects.filter(pk=task_id, state=State.RUNNING).update(heartbeat_at=timezone.now())
     Task.objects.filter(pk=task_id, state=State.RUNNING, percent__lte=percent).update(
         percent=max(0.0, min(1.0, percent))
     )
+
+
+LOST_CODE = "worker_lost"
+
+
+def tasks_reconcile(*, stale_seconds: int) -> list[int]:
+    """Running in-process tasks whose worker stopped beating are lost: error, with a clear message.
+
+    Their outputs are failed by the app that owns them (datasets: pending versions become errors and their
+    rows are deleted, so they can be retried). Returns the ids of the tasks marked.
+    """
+    from datasets.services import versions_fail_for_task
+
+    cutoff = timezone.now() - timedelta(seconds=stale_seconds)
+    lost = list(
+        Task.objects.filter(state__in=(State.RUNNING, State.QUEUED))
+        .filter(models.Q(heartbeat_at__lt=cutoff) | models.Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
+        .values_list("id", flat=True)
+    )
+    message = "The worker running this task stopped (killed or lost) before it finished. Retry it."
+    for task_id in lost:
+        versions_fail_for_task(task_id, LOST_CODE, message)
+        task_finish(task_id, state=State.ERROR, error_code=LOST_CODE, error_message=message)
+    return lost
 
 
 def task_finish(task_id: int, *, state: str, error_code: str = "", error_message: str = "") -> bool:

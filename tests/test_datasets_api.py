@@ -94,3 +94,39 @@ def test_import_runs_on_a_real_worker(worker, trainer, tmp_path):
     data = api.get(f"/api/v1/datasets/{created['id']}").json()
     assert data["state"] == "ready" and data["asset_count"] == 8
     assert not list((django_settings.YMIR_WORKSPACE / "uploads").iterdir())  # the upload is removed once imported
+
+
+@pytest.mark.worker
+def test_an_import_whose_worker_is_killed_ends_in_error_and_can_be_retried(worker, trainer, tmp_path):
+    import signal
+
+    from datasets.models import DatasetVersion
+    from datasets.services import dataset_import_retry
+    from models_app.models import Task
+    from models_app.services import tasks_reconcile
+
+    project = ProjectFactory(owner=trainer)
+    api = api_as(trainer)
+    archive = write_voc_zip(tmp_path / "big.zip", count=1500, seed=5, width=320, height=240)
+    created = _upload(api, project.pk, archive, name="killed", unknown_classes="add").json()
+    deadline = time.monotonic() + 60
+    while Task.objects.get(pk=created["task_id"]).state != "running":
+        assert time.monotonic() < deadline, "the import never started"
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    version = DatasetVersion.objects.get(pk=created["id"])
+    assert version.state != "ready"  # never half-ready
+    assert tasks_reconcile(stale_seconds=0) == [created["task_id"]]
+    version.refresh_from_db()
+    task = Task.objects.get(pk=created["task_id"])
+    assert (version.state, task.state, task.error_code) == ("error", "error", "worker_lost")
+    assert not version.items.exists() and not version.boxes.exists()
+    assert "stopped" in api.get(f"/api/v1/tasks/{task.pk}").json()["error"]
+    dataset_import_retry(user=trainer, version=version)
+    version.refresh_from_db()
+    from datasets.services import import_execute
+
+    import_execute(version.task_id)
+    version.refresh_from_db()
+    assert version.state == "ready" and version.asset_count == 1500

@@ -229,3 +229,10 @@ YMIR_MAX_IMAGE_PIXELS = env_int("YMIR_MAX_IMAGE_PIXELS", 178_956_970)
 YMIR_DEMO = env_bool("YMIR_DEMO", False)
 YMIR_DEMO_SIZES = [int(n) for n in env_list("YMIR_DEMO_SIZES", "100,10,1181")]
 YMIR_IMPORT_WORKERS = env_int("YMIR_IMPORT_WORKERS", 0)  # threads for the image pass; 0: one per core
+YMIR_URL_ALLOWLIST = env_list("YMIR_URL_ALLOWLIST")  # hosts or networks user URLs may reach though not public
+YMIR_IMPORT_MAX_DOWNLOAD_BYTES = env_int("YMIR_IMPORT_MAX_DOWNLOAD_BYTES", 50 * 1024**3)
+
+# --- Tasks ----------------------------------------------------------------------------------------
+# A running task beats at least every few seconds; one silent for this long lost its worker.
+YMIR_TASK_STALE_SECONDS = env_int("YMIR_TASK_STALE_SECONDS", 300)
+CELERY_BEAT_SCHEDULE = {"reconcile-tasks": {"task": "tasks.reconcile", "schedule": 60.0}}

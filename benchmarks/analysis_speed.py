@@ -35,7 +35,7 @@ def make_version(n: int, seed: int = 1) -> int:
     offset = n * 10
     bulk_insert(
         "datasets_asset",
-        ("sha1", "width", "height", "size_bytes", "format", "has_thumbnail", "created_at"),
+        ("sha1", "width", "height", "size_bytes", "format", "has_thumbnail", "decode_failed", "created_at"),
         (
             (
                 f"{offset + i:040x}",
@@ -43,6 +43,7 @@ def make_version(n: int, seed: int = 1) -> int:
                 rng.choice((480, 600, 720)),
                 rng.randint(20_000, 900_000),
                 "jpeg",
+                False,
                 False,
                 "2026-01-01T00:00:00Z",
             )

@@ -20,6 +20,7 @@ SIZE_EDGES: list[float] = [20 * KB, 50 * KB, 100 * KB, 200 * KB, 500 * KB, 1024 
 ASPECT_EDGES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.8, 2.2]
 MEGAPIXEL_EDGES = [0.1, 0.3, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
 AREA_EDGES = [0.0025, 0.01, 0.04, 0.09, 0.16, 0.25, 0.5]  # box area / image area
+QUALITY_EDGES: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 SIDE_EDGES: list[float] = [
     16,
     32,
@@ -56,6 +57,7 @@ def analyse(version: DatasetVersion) -> dict[str, Any]:
         _case("a.size_bytes", SIZE_EDGES),
         _case("(a.width * 1.0 / a.height)", ASPECT_EDGES),
         _case("(a.width * a.height / 1000000.0)", MEGAPIXEL_EDGES),
+        f"CASE WHEN a.quality IS NULL THEN -1 ELSE {_case('a.quality', QUALITY_EDGES)} END",
     )
     box_area = "((b.x2 - b.x1) * (b.y2 - b.y1))"
     box_bins = (
@@ -64,9 +66,9 @@ def analyse(version: DatasetVersion) -> dict[str, Any]:
     )
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {image_bins[0]}, {image_bins[1]}, {image_bins[2]}, COUNT(*), SUM(a.size_bytes) "
+            f"SELECT {image_bins[0]}, {image_bins[1]}, {image_bins[2]}, {image_bins[3]}, COUNT(*), SUM(a.size_bytes) "
             "FROM datasets_datasetasset x JOIN datasets_asset a ON a.id = x.asset_id WHERE x.version_id = %s "
-            "GROUP BY 1, 2, 3",
+            "GROUP BY 1, 2, 3, 4",
             [version.pk],
         )
         image_rows = cursor.fetchall()
@@ -85,9 +87,14 @@ def analyse(version: DatasetVersion) -> dict[str, Any]:
         )
         (labelled,) = cursor.fetchone() or (0,)
 
-    sizes, aspects, megapixels = ([0] * (len(e) + 1) for e in (SIZE_EDGES, ASPECT_EDGES, MEGAPIXEL_EDGES))
-    images = storage = 0
-    for size_bin, aspect_bin, mp_bin, count, total in image_rows:
+    sizes, aspects, megapixels, qualities = (
+        [0] * (len(e) + 1) for e in (SIZE_EDGES, ASPECT_EDGES, MEGAPIXEL_EDGES, QUALITY_EDGES)
+    )
+    images = storage = scored = 0
+    for size_bin, aspect_bin, mp_bin, quality_bin, count, total in image_rows:
+        if quality_bin >= 0:
+            qualities[quality_bin] += count
+            scored += count
         sizes[size_bin] += count
         aspects[aspect_bin] += count
         megapixels[mp_bin] += count
@@ -137,5 +144,9 @@ def analyse(version: DatasetVersion) -> dict[str, Any]:
             }
             for layer, entry in layers.items()
         },
-        "quality": {"available": False, "note": "The quality score comes with the thumbnail pass (not built yet)."},
+        "quality": {
+            "scored_images": scored,
+            "bins": _labels(QUALITY_EDGES, lambda v: f"{v:g}"),
+            "counts": qualities,
+        },
     }

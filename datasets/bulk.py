@@ -33,23 +33,24 @@ def bulk_insert(table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
 
 def insert_assets_ignoring_known(rows: Sequence[tuple[str, int, int, int, str, Any]]) -> None:
     """Insert (sha1, width, height, size_bytes, format, created_at) rows; sha1s already stored are skipped."""
-    columns = "sha1, width, height, size_bytes, format, has_thumbnail, created_at"
+    columns = "sha1, width, height, size_bytes, format, has_thumbnail, decode_failed, created_at"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
                 "CREATE TEMPORARY TABLE IF NOT EXISTS ymir_new_assets (sha1 varchar(40), width integer, "
-                "height integer, size_bytes bigint, format varchar(8), has_thumbnail boolean, created_at timestamptz)"
+                "height integer, size_bytes bigint, format varchar(8), has_thumbnail boolean, decode_failed boolean, "
+                "created_at timestamptz)"
             )
             cursor.execute("TRUNCATE ymir_new_assets")
             with cursor.cursor.copy(f"COPY ymir_new_assets ({columns}) FROM STDIN") as copy:
                 for sha1, width, height, size, fmt, created in rows:
-                    copy.write_row([sha1, width, height, size, fmt, False, created])
+                    copy.write_row([sha1, width, height, size, fmt, False, False, created])
             cursor.execute(
                 f"INSERT INTO datasets_asset ({columns}) SELECT {columns} FROM ymir_new_assets "  # noqa: S608
                 "ON CONFLICT (sha1) DO NOTHING"
             )
         else:
             cursor.executemany(
-                f"INSERT OR IGNORE INTO datasets_asset ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s)",  # noqa: S608
-                [(sha1, w, h, size, fmt, False, created) for sha1, w, h, size, fmt, created in rows],
+                f"INSERT OR IGNORE INTO datasets_asset ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",  # noqa: S608
+                [(sha1, w, h, size, fmt, False, False, created) for sha1, w, h, size, fmt, created in rows],
             )

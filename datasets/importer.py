@@ -7,6 +7,7 @@ half-written: a worker killed midway leaves it pending (then error, retryable), 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -393,6 +394,14 @@ def version_finish(version: DatasetVersion, report: dict[str, object]) -> None:
     version.state = DatasetVersion.State.READY
     version.ready_at = timezone.now()
     version.save()
+    transaction.on_commit(functools.partial(_thumbnails_later, version.pk))
+
+
+def _thumbnails_later(version_id: int) -> None:
+    """The thumbnail and quality pass runs as its own task, after the version is ready."""
+    from datasets.tasks import make_thumbnails
+
+    make_thumbnails.delay(version_id)
 
 
 __all__ = ["LabelClass", "LabelKeyword", "Report", "run_import", "version_counts", "version_finish"]

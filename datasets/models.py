@@ -49,6 +49,7 @@ class Asset(models.Model):
     format = models.CharField(max_length=8)
     quality = models.FloatField(null=True, blank=True)
     has_thumbnail = models.BooleanField(default=False)
+    decode_failed = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

@@ -19,7 +19,7 @@ from core.netguard import check_url, fetch
 from core.workspace import workspace_root
 from datasets.archive import FolderSource, ZipSource, sharing_path
 from datasets.importer import run_import, version_finish
-from datasets.models import DatasetGroup, DatasetVersion
+from datasets.models import DatasetAsset, DatasetGroup, DatasetVersion
 from datasets.selectors import version_visible_to
 from models_app.models import Task
 from models_app.services import task_begin, task_create, task_finish, task_progress
@@ -361,3 +361,36 @@ def versions_fail_for_task(task_id: int, code: str, message: str) -> None:
     """The versions a lost task was making end in error, with no rows left behind."""
     for version in DatasetVersion.objects.filter(task_id=task_id, state=DatasetVersion.State.PENDING):
         _fail(version, task_id, code, message, None)
+
+
+def thumbnails_make(version_id: int) -> int:
+    """The follow-up pass for a version's images that have no thumbnail yet; answers how many were made."""
+    from datasets.ingest import run_parallel, worker_count
+    from datasets.models import Asset
+    from datasets.thumbs import thumbnail_chunk
+
+    todo = list(
+        Asset.objects.filter(
+            has_thumbnail=False,
+            decode_failed=False,
+            id__in=DatasetAsset.objects.filter(version_id=version_id).values("asset_id"),
+        ).values_list("id", "sha1")
+    )
+    made = 0
+    batch: list[tuple[int, float | None]] = []
+    fixed = (str(workspace_root()), settings.YMIR_MAX_IMAGE_PIXELS)
+    for result in run_parallel(thumbnail_chunk, fixed, todo, worker_count(settings.YMIR_IMPORT_WORKERS)):
+        batch.append(result)
+        if len(batch) >= 500:
+            made += _save_thumbnail_results(batch)
+            batch = []
+    return made + _save_thumbnail_results(batch)
+
+
+def _save_thumbnail_results(batch: list[tuple[int, float | None]]) -> int:
+    with connection.cursor() as cursor:
+        good = [(q, i) for i, q in batch if q is not None]
+        cursor.executemany("UPDATE datasets_asset SET has_thumbnail = TRUE, quality = %s WHERE id = %s", good)
+        bad = [(i,) for i, q in batch if q is None]
+        cursor.executemany("UPDATE datasets_asset SET decode_failed = TRUE WHERE id = %s", bad)
+    return len(good)

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from core.errors import ServiceError
 from core.models import User
+from core.workspace import workspace_root
 from datasets import classes as class_service
 from datasets.analysis import analyse
 from datasets.forms import AliasForm, ClassBatchForm, ClassRenameForm, ImportForm, MergeForm
@@ -22,6 +23,7 @@ from datasets.operations import operation_start
 from datasets.selectors import version_visible_to, versions_visible_to
 from datasets.services import dataset_import_retry, dataset_import_start, upload_adopt, upload_save, version_export
 from datasets.store import asset_path
+from datasets.thumbs import thumbnail_path
 from projects.selectors import project_for
 
 PAGE_SIZE = 48
@@ -143,10 +145,13 @@ def asset_image(request: HttpRequest, sha1: str) -> FileResponse:
     )
     if len(sha1) != 40 or not visible.exists():
         raise Http404
-    path = asset_path(sha1)
+    asset = visible.first().asset  # type: ignore[union-attr]
+    path, content_type = asset_path(sha1), f"image/{asset.format}"
+    if request.GET.get("thumb") and asset.has_thumbnail:
+        path, content_type = thumbnail_path(sha1, workspace_root()), "image/jpeg"
     if not path.exists():
         raise Http404
-    response = FileResponse(path.open("rb"), content_type=f"image/{visible.first().asset.format}")  # type: ignore[union-attr]
+    response = FileResponse(path.open("rb"), content_type=content_type)
     response["Cache-Control"] = "private, max-age=86400, immutable"
     return response
 
@@ -299,6 +304,7 @@ def dataset_analysis(request: HttpRequest) -> HttpResponse:
                 **_series(analyses, ("images", "aspect_ratio")),
             },
             {"id": "megapixels", "title": _("Resolution (megapixels)"), **_series(analyses, ("images", "megapixels"))},
+            {"id": "quality", "title": _("Image quality score"), **_series(analyses, ("quality",))},
             {"id": "gt-classes", "title": _("Class proportion (ground truth)"), **_class_series(analyses, "gt")},
             {
                 "id": "gt-area",

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils.translation import gettext as _
 
-from core.errors import Conflict, Invalid, NotFound, ServiceError
+from core.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
 from core.models import User
 from core.netguard import check_url, fetch
 from core.workspace import workspace_root
@@ -394,3 +394,28 @@ def _save_thumbnail_results(batch: list[tuple[int, float | None]]) -> int:
         bad = [(i,) for i, q in batch if q is None]
         cursor.executemany("UPDATE datasets_asset SET decode_failed = TRUE WHERE id = %s", bad)
     return len(good)
+
+
+def dataset_delete(*, user: User, version: DatasetVersion) -> None:
+    """Delete a version (its rows; image bytes stay in the store). Refused while a task makes or reads it."""
+    if version.group.project.owner_id != user.pk:
+        raise Forbidden(_("Only the project's owner can delete its datasets."))
+    if version.state == DatasetVersion.State.PENDING:
+        raise Conflict(_("This dataset is still being made; wait for its task to end."), code="in_use")
+    if version.children.filter(state=DatasetVersion.State.PENDING).exists():
+        raise Conflict(_("A task is making a new dataset from this one."), code="in_use")
+    group = version.group
+    with transaction.atomic():
+        version.delete()
+        if not group.versions.exists():
+            group.delete()
+
+
+def dataset_set_public(*, user: User, version: DatasetVersion, public: bool) -> DatasetVersion:
+    if version.group.project.owner_id != user.pk:
+        raise Forbidden(_("Only the project's owner can publish its datasets."))
+    if public and version.state != DatasetVersion.State.READY:
+        raise Conflict(_("Only a ready dataset can be made public."), code="not_ready")
+    version.is_public = public
+    version.save(update_fields=["is_public"])
+    return version

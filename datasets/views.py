@@ -21,7 +21,15 @@ from datasets.forms import AliasForm, ClassBatchForm, ClassRenameForm, ImportFor
 from datasets.models import Box, DatasetAsset, DatasetVersion, LabelClass
 from datasets.operations import operation_start
 from datasets.selectors import version_visible_to, versions_visible_to
-from datasets.services import dataset_import_retry, dataset_import_start, upload_adopt, upload_save, version_export
+from datasets.services import (
+    dataset_delete,
+    dataset_import_retry,
+    dataset_import_start,
+    dataset_set_public,
+    upload_adopt,
+    upload_save,
+    version_export,
+)
 from datasets.store import asset_path
 from datasets.thumbs import thumbnail_path
 from projects.selectors import project_for
@@ -336,3 +344,28 @@ def dataset_analysis(request: HttpRequest) -> HttpResponse:
         "datasets/dataset_analysis.html",
         {"analyses": analyses, "charts": charts, "choices": choices, "selected": ids},
     )
+
+
+@login_required
+@require_POST
+def dataset_delete_view(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    version = version_visible_to(_user(request), dataset_id)
+    project_id = version.group.project_id
+    try:
+        dataset_delete(user=_user(request), version=version)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("dataset_detail", dataset_id=version.pk)
+    messages.success(request, _("Dataset deleted."))
+    return redirect("project_detail", project_id=project_id)
+
+
+@login_required
+@require_POST
+def dataset_public(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    version = version_visible_to(_user(request), dataset_id)
+    try:
+        dataset_set_public(user=_user(request), version=version, public=request.POST.get("public") == "1")
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("dataset_detail", dataset_id=version.pk)

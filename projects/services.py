@@ -17,3 +17,40 @@ def project_create(*, owner: User, name: str, description: str = "") -> Project:
             return Project.objects.create(owner=owner, name=name, description=description)
     except IntegrityError as exc:
         raise Conflict(_("You already have a project with that name."), code="project_name_taken") from exc
+
+
+def project_update(*, project: Project, name: str, description: str) -> Project:
+    name = name.strip()
+    if not name:
+        raise Invalid(_("A project needs a name."), code="invalid_name")
+    project.name, project.description = name, description
+    try:
+        with transaction.atomic():
+            project.save(update_fields=["name", "description", "updated_at"])
+    except IntegrityError as exc:
+        raise Conflict(_("You already have a project with that name."), code="project_name_taken") from exc
+    return project
+
+
+def project_delete(*, project: Project) -> None:
+    """Delete a project with its datasets and task history; refused while its data is in use."""
+    from datasets.models import DatasetGroup, DatasetVersion
+    from models_app.models import Task
+
+    if Task.objects.filter(project=project).exclude(state__in=Task.FINAL_STATES).exists():
+        raise Conflict(_("A task of this project is still running."), code="in_use")
+    versions = DatasetVersion.objects.filter(group__project=project)
+    if versions.filter(is_public=True).exists():
+        raise Conflict(_("A dataset of this project is public; make it private first."), code="in_use")
+    if (
+        DatasetVersion.objects.filter(parents__in=versions)
+        .exclude(group__project=project)
+        .filter(state=DatasetVersion.State.PENDING)
+        .exists()
+    ):
+        raise Conflict(_("Another project is making a dataset from this one's."), code="in_use")
+    with transaction.atomic():
+        versions.delete()
+        DatasetGroup.objects.filter(project=project).delete()
+        Task.objects.filter(project=project).delete()
+        project.delete()

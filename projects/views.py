@@ -10,7 +10,7 @@ from core.errors import ServiceError
 from datasets.selectors import versions_of_project
 from projects.forms import ProjectForm
 from projects.selectors import project_for, projects_of
-from projects.services import project_create
+from projects.services import project_create, project_delete, project_update
 
 
 @login_required
@@ -41,3 +41,36 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     tasks = project.tasks.order_by("-created_at")[:20]
     datasets = versions_of_project(project.pk)
     return render(request, "projects/project_detail.html", {"project": project, "tasks": tasks, "datasets": datasets})
+
+
+@login_required
+def project_edit(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for(request.user, project_id)  # type: ignore[arg-type]
+    form = ProjectForm(request.POST or None, initial={"name": project.name, "description": project.description})
+    if request.method == "POST" and form.is_valid():
+        try:
+            project_update(project=project, **form.cleaned_data)
+        except ServiceError as exc:
+            form.add_error("name", exc.message)
+        else:
+            messages.success(request, _("Saved."))
+            return redirect("project_detail", project_id=project.pk)
+    return render(request, "projects/project_edit.html", {"project": project, "form": form})
+
+
+@login_required
+def project_delete_view(request: HttpRequest, project_id: int) -> HttpResponse:
+    """GET asks for confirmation (the name typed again); POST deletes."""
+    project = project_for(request.user, project_id)  # type: ignore[arg-type]
+    if request.method == "POST":
+        if request.POST.get("confirm_name", "").strip() != project.name:
+            messages.error(request, _("Type the project's name to confirm."))
+        else:
+            try:
+                project_delete(project=project)
+            except ServiceError as exc:
+                messages.error(request, exc.message)
+            else:
+                messages.success(request, _("Project %(name)s deleted.") % {"name": project.name})
+                return redirect("project_list")
+    return render(request, "projects/project_delete.html", {"project": project})

@@ -40,6 +40,7 @@ def django_on_scratch_database() -> Path:
 
         atexit.register(drop)
         os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{name}"))
+    os.environ.setdefault("YMIR_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ymir.settings")
     import django
 
@@ -50,4 +51,5 @@ def django_on_scratch_database() -> Path:
 
     workspace_prepare()
     call_command("migrate", verbosity=0)
+    call_command("collectstatic", verbosity=0, interactive=False)
     return scratch

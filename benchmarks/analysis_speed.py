@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from _setup import django_on_scratch_database
 
 
-def make_version(n: int, seed: int = 1) -> int:
+def make_version(n: int, seed: int = 1, boxes_per_image: int = 6) -> int:
     from core.models import User
     from datasets.bulk import bulk_insert
     from datasets.classes import class_create
@@ -61,7 +61,7 @@ def make_version(n: int, seed: int = 1) -> int:
 
     def boxes() -> Iterator[tuple[object, ...]]:
         for a in ids:
-            for _ in range(6):
+            for _ in range(boxes_per_image):
                 x, y = rng.uniform(0, 500), rng.uniform(0, 400)
                 w, h = rng.uniform(4, 140), rng.uniform(4, 80)
                 yield (version.pk, a, rng.choice(labels), None, x, y, x + w, y + h, None, {})

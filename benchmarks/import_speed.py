@@ -4,7 +4,11 @@ Baseline 1, the physical ceiling, runs in the same process on the same zip: one 
 unavoidable work per image (read the entry, sha1, image header, XML parse, write the bytes into a
 content-addressed folder). The figure that matters: (baseline time / import time) / cores the import used.
 
-    .venv/bin/python benchmarks/import_speed.py [--count 10000] [--workers N]
+    .venv/bin/python benchmarks/import_speed.py [--count 10000] [--mir PATH]
+
+Baseline 2, YMIR's own `mir import` (PyPI ymir-cmd 2.3.0 on Python 3.8, in its own virtual environment:
+`python3.8 -m venv mir38 && mir38/bin/pip install ymir-cmd==2.3.0 pycocotools`), runs when --mir names its
+`mir` program; it reads an extracted folder (the extraction is not timed).
 """
 
 from __future__ import annotations
@@ -73,9 +77,57 @@ def ours(path: Path) -> float:
     return elapsed
 
 
+def mir_import(mir: str, path: Path, scratch: Path) -> float:
+    import subprocess
+
+    folder = scratch / "mir"
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(folder / "src")
+    index = folder / "index.tsv"
+    index.write_text("".join(f"{p}\n" for p in sorted((folder / "src" / "images").iterdir())))
+    repo = folder / "repo"
+    repo.mkdir()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "b@b",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "b@b",
+    }
+    subprocess.run([mir, "init", "--root", str(repo)], check=True, capture_output=True, env=env)
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            mir,
+            "import",
+            "--root",
+            str(repo),
+            "--index-file",
+            str(index),
+            "--gt-dir",
+            str(folder / "src" / "gt"),
+            "--gen-dir",
+            str(folder / "gen"),
+            "--dst-rev",
+            "a@a",
+            "-w",
+            str(folder / "work"),
+            "--unknown-types-strategy",
+            "add",
+            "--anno-type",
+            "det-box",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--mir", help="path to the mir program of ymir-cmd 2.3.0")
     args = parser.parse_args()
     scratch = django_on_scratch_database()
     from django.conf import settings
@@ -91,6 +143,10 @@ def main() -> None:
     print(f"baseline 1 (one core, unavoidable work): {base:.2f} s  ({args.count / base:.0f} images/s)")
     print(f"import to ready:                         {mine:.2f} s  ({args.count / mine:.0f} images/s)")
     print(f"speed vs baseline 1: {base / mine:.2f}x   per core: {base / mine / cores:.2f}  (target >= 0.80)")
+    if args.mir:
+        mir = mir_import(args.mir, zip_path, scratch)
+        print(f"mir import (baseline 2):                 {mir:.2f} s  ({args.count / mir:.0f} images/s)")
+        print(f"speed vs mir import: {mir / mine:.2f}x  (target >= 3)   mir vs baseline 1: {base / mir:.2f}")
 
 
 if __name__ == "__main__":

@@ -203,3 +203,94 @@ def dataset_analysis(request: HttpRequest, dataset_id: int) -> dict[str, Any]:
     if version.state != DatasetVersion.State.READY:
         raise Conflict(_("The dataset is not ready."), code="not_ready")
     return analyse(version)
+
+
+class BoxOut(Schema):
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float | None
+    prediction: bool
+    tags: dict[str, Any]
+
+
+class AssetOut(Schema):
+    asset_id: int
+    sha1: str
+    name: str
+    width: int
+    height: int
+    tags: dict[str, Any]
+    boxes: list[BoxOut]
+
+
+class AssetPageOut(Schema):
+    items: list[AssetOut]
+    next: int | None
+
+
+@router.get(
+    "/datasets/{int:dataset_id}/assets", response=AssetPageOut, summary="Images with boxes, filtered, by cursor"
+)
+def dataset_assets(
+    request: HttpRequest,
+    dataset_id: int,
+    label: str = "",
+    tag: str = "",
+    kind: str = "",
+    cursor: int = 0,
+    limit: int = 100,
+) -> dict[str, object]:
+    """``label`` is a class name or alias, ``tag`` is ``key=value``, ``kind`` is gt, pred or unlabelled."""
+    from datasets.classes import resolve_keywords
+    from datasets.models import Box
+    from datasets.selectors import browse_items
+
+    version = version_visible_to(cast(User, request.user), dataset_id)
+    label_id = None
+    if label:
+        label_id = resolve_keywords([label]).get(" ".join(label.split()).lower())
+        if label_id is None:
+            raise Invalid(_("Unknown class: %(name)s") % {"name": label}, code="unknown_class")
+    pair = tuple(tag.split("=", 1)) if tag else None
+    if pair is not None and (len(pair) != 2 or not pair[0].isidentifier()):
+        raise Invalid(_("A tag filter is key=value."), code="invalid_tag")
+    if kind not in ("", "gt", "pred", "unlabelled"):
+        raise Invalid(_("kind is gt, pred or unlabelled."), code="invalid_kind")
+    page, following = browse_items(
+        version,
+        label_id=label_id,
+        tag=pair,
+        kind=kind,
+        after=cursor,
+        limit=max(1, min(limit, 500)),
+    )
+    boxes: dict[int, list[dict[str, object]]] = {}
+    for box in Box.objects.filter(version=version, asset_id__in=[i.asset_id for i in page]).select_related("label"):
+        boxes.setdefault(box.asset_id, []).append(
+            {
+                "label": box.label.name,
+                "x1": box.x1,
+                "y1": box.y1,
+                "x2": box.x2,
+                "y2": box.y2,
+                "score": box.score,
+                "prediction": box.prediction_set_id is not None,
+                "tags": box.tags,
+            }
+        )
+    items = [
+        {
+            "asset_id": i.asset_id,
+            "sha1": i.asset.sha1,
+            "name": i.name,
+            "width": i.asset.width,
+            "height": i.asset.height,
+            "tags": i.tags,
+            "boxes": boxes.get(i.asset_id, []),
+        }
+        for i in page
+    ]
+    return {"items": items, "next": following}

@@ -111,6 +111,7 @@ class DatasetAsset(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint("version", "asset", name="datasetasset_version_asset_unique")]
+        indexes = [models.Index(fields=["version", "id"], name="datasetasset_version_page")]  # keyset pages
 
     def __str__(self) -> str:
         return self.name or str(self.asset_id)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from typing import Any
+
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 
 from core.models import User
@@ -27,3 +29,49 @@ def versions_of_project(project_id: int) -> QuerySet[DatasetVersion]:
         .select_related("group", "task")
         .order_by("-created_at", "-id")
     )
+
+
+def browse_items(
+    version: DatasetVersion,
+    *,
+    label_id: int | None = None,
+    tag: tuple[str, str] | None = None,
+    kind: str = "",
+    after: int = 0,
+    limit: int = 48,
+) -> tuple[list[Any], int | None]:
+    """A page of a version's images in id order (keyset: the cost does not grow with the page number).
+
+    kind: "gt" (with ground truth), "pred" (with predictions), "unlabelled" (no ground truth), or "" (all).
+    Answers the items (with their assets) and the cursor of the next page, if any.
+    """
+    from datasets.models import Box, DatasetAsset
+
+    items = DatasetAsset.objects.filter(version=version).select_related("asset").order_by("id")
+    if label_id is not None:
+        items = items.filter(asset_id__in=Box.objects.filter(version=version, label_id=label_id).values("asset_id"))
+    if tag is not None:
+        items = items.filter(**{f"tags__{tag[0]}": tag[1]})
+    boxes = Box.objects.filter(version=version, asset_id=OuterRef("asset_id"))
+    if kind == "gt":
+        items = items.filter(Exists(boxes.filter(prediction_set__isnull=True)))
+    elif kind == "pred":
+        items = items.filter(Exists(boxes.filter(prediction_set__isnull=False)))
+    elif kind == "unlabelled":
+        items = items.exclude(Exists(boxes.filter(prediction_set__isnull=True)))
+    page = list(items.filter(id__gt=after)[: limit + 1])
+    return page[:limit], (page[limit - 1].pk if len(page) > limit else None)
+
+
+def random_start(version: DatasetVersion) -> int:
+    """A random place in the version's id range, for the 'random images' view (no full scan)."""
+    import random
+
+    from django.db.models import Max, Min
+
+    from datasets.models import DatasetAsset
+
+    bounds = DatasetAsset.objects.filter(version=version).aggregate(low=Min("id"), high=Max("id"))
+    if bounds["low"] is None:
+        return 0
+    return random.randint(bounds["low"], bounds["high"]) - 1  # noqa: S311 (browsing, not security)

@@ -6,6 +6,7 @@ urlpatterns = [
     path("projects/<int:project_id>/datasets/import", views.dataset_import, name="dataset_import"),
     path("datasets/analysis", views.dataset_analysis, name="dataset_analysis"),
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
+    path("datasets/<int:dataset_id>/assets/<int:asset_id>", views.asset_detail, name="asset_detail"),
     path("datasets/<int:dataset_id>/retry", views.dataset_retry, name="dataset_retry"),
     path("datasets/<int:dataset_id>/export", views.dataset_export, name="dataset_export"),
     path("datasets/<int:dataset_id>/operate", views.dataset_operate, name="dataset_operate"),

@@ -20,7 +20,7 @@ from datasets.analysis import analyse
 from datasets.forms import AliasForm, ClassBatchForm, ClassRenameForm, ImportForm, MergeForm
 from datasets.models import Box, DatasetAsset, DatasetVersion, LabelClass
 from datasets.operations import operation_start
-from datasets.selectors import version_visible_to, versions_visible_to
+from datasets.selectors import browse_items, random_start, version_visible_to, versions_visible_to
 from datasets.services import (
     dataset_delete,
     dataset_import_retry,
@@ -87,18 +87,21 @@ def dataset_import(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
     version = version_visible_to(_user(request), dataset_id)
-    items = DatasetAsset.objects.filter(version=version).select_related("asset").order_by("id")
-    label_id = request.GET.get("class")
-    if label_id and label_id.isdigit():
-        items = items.filter(
-            asset_id__in=Box.objects.filter(version=version, label_id=int(label_id)).values("asset_id")
-        )
-    after = request.GET.get("after")
-    if after and after.isdigit():
-        items = items.filter(id__gt=int(after))
-    page = list(items[: PAGE_SIZE + 1])
-    has_next = len(page) > PAGE_SIZE
-    page = page[:PAGE_SIZE]
+    label_id = request.GET.get("class", "")
+    tag_text = request.GET.get("tag", "").strip()
+    tag = tuple(tag_text.split("=", 1)) if "=" in tag_text else None
+    kind = request.GET.get("kind", "")
+    after = request.GET.get("after", "")
+    if request.GET.get("random") and version.state == DatasetVersion.State.READY:
+        after = str(random_start(version))
+    page, next_after = browse_items(
+        version,
+        label_id=int(label_id) if label_id.isdigit() else None,
+        tag=tag if tag and tag[0].isidentifier() else None,  # type: ignore[arg-type]
+        kind=kind if kind in ("gt", "pred", "unlabelled") else "",
+        after=int(after) if after.isdigit() else 0,
+        limit=PAGE_SIZE,
+    )
     boxes: dict[int, list[Box]] = {}
     layers = request.GET.getlist("layer") or ["gt", "pred"]
     box_query = Box.objects.filter(version=version, asset_id__in=[i.asset_id for i in page]).select_related("label")
@@ -118,7 +121,9 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
         "version": version,
         "task": version.task,
         "cards": cards,
-        "next_after": page[-1].pk if has_next and page else None,
+        "next_after": next_after,
+        "tag": tag_text,
+        "kind": kind,
         "class_bars": class_bars,
         "labels": LabelClass.objects.filter(name__in=counts.keys()),
         "selected_class": label_id,
@@ -369,3 +374,19 @@ def dataset_public(request: HttpRequest, dataset_id: int) -> HttpResponse:
     except ServiceError as exc:
         messages.error(request, exc.message)
     return redirect("dataset_detail", dataset_id=version.pk)
+
+
+@login_required
+def asset_detail(request: HttpRequest, dataset_id: int, asset_id: int) -> HttpResponse:
+    """One image of a version: full size, every box with class, layer, score and tags, and its tags."""
+    version = version_visible_to(_user(request), dataset_id)
+    item = get_object_or_404(DatasetAsset.objects.select_related("asset"), version=version, asset_id=asset_id)
+    boxes = list(
+        Box.objects.filter(version=version, asset_id=asset_id)
+        .select_related("label")
+        .order_by("prediction_set_id", "id")
+    )
+    for box in boxes:
+        box.colour = PALETTE[box.label_id % len(PALETTE)]  # type: ignore[attr-defined]
+        box.w, box.h = box.x2 - box.x1, box.y2 - box.y1  # type: ignore[attr-defined]
+    return render(request, "datasets/asset_detail.html", {"version": version, "item": item, "boxes": boxes})

@@ -28,11 +28,11 @@ def make_version(n: int, seed: int = 1, boxes_per_image: int = 6) -> int:
         for i in range(8):
             class_create(user=user, name=f"class_{i}")
     labels = list(LabelClass.objects.values_list("id", flat=True))
-    project = Project.objects.create(owner=user, name=f"bench {n}")
+    project = Project.objects.create(owner=user, name=f"bench {n} {seed}")
     group = DatasetGroup.objects.create(project=project, name=f"v{n}")
     version = DatasetVersion.objects.create(group=group, number=1, state="ready")
     rng = random.Random(seed)
-    offset = n * 10
+    offset = seed * 10**9 + n * 10
     bulk_insert(
         "datasets_asset",
         ("sha1", "width", "height", "size_bytes", "format", "has_thumbnail", "decode_failed", "created_at"),

@@ -104,7 +104,8 @@ class DatasetVersion(models.Model):
 class DatasetAsset(models.Model):
     """An asset's membership in a version, with its asset tags."""
 
-    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="items")
+    # no index of its own: (version, asset) and (version, id) lead with it
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="items", db_index=False)
     asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
     name = models.CharField(max_length=255, blank=True)
     tags = models.JSONField(default=dict, blank=True)
@@ -135,7 +136,8 @@ class PredictionSet(models.Model):
 class Box(models.Model):
     """A ground-truth box (no prediction set) or a prediction (with its set and score), in pixels."""
 
-    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="boxes")
+    # no index of its own: (version, asset) and (version, label) lead with it; fewer indexes, faster writes
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="boxes", db_index=False)
     asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
     label = models.ForeignKey(LabelClass, on_delete=models.PROTECT, related_name="+")
     prediction_set = models.ForeignKey(PredictionSet, on_delete=models.CASCADE, null=True, blank=True)

@@ -125,30 +125,40 @@ def _enqueue(task_id: int) -> None:
 def _copy(src: int, dst: int, condition: str = "", args: tuple[Any, ...] = ()) -> None:
     """Copy the rows of the assets of ``src`` (alias ``x``) that meet ``condition`` into ``dst``.
 
-    Boxes go first, while the target does not hold those assets yet, so a condition may refer to the target.
+    The chosen assets are put in a temporary table first (the condition is evaluated once, and may refer to
+    the target as it was before this copy); boxes and memberships are then copied by joining it.
     """
     where = f" AND ({condition})" if condition else ""
-    selected = f"SELECT x.asset_id FROM datasets_datasetasset x WHERE x.version_id = %s{where}"
     psets = _prediction_set_map(src, dst)
     with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS ymir_copy (asset_id bigint PRIMARY KEY)")
+        cursor.execute("DELETE FROM ymir_copy")
         cursor.execute(
-            f"INSERT INTO datasets_box (version_id, prediction_set_id, {BOX_COLUMNS}) "
-            f"SELECT %s, NULL, {BOX_COLUMNS} FROM datasets_box WHERE version_id = %s AND prediction_set_id IS NULL "
-            f"AND asset_id IN ({selected})",
-            [dst, src, src, *args],
+            "INSERT INTO ymir_copy (asset_id) SELECT x.asset_id FROM datasets_datasetasset x "
+            f"WHERE x.version_id = %s{where}",
+            [src, *args],
         )
-        for old, new in psets.items():
+        if connection.vendor == "postgresql":
+            cursor.execute("ANALYZE ymir_copy")
+        layers: list[tuple[str, list[Any]]] = [("b.prediction_set_id IS NULL", [None, src])]
+        layers += [("b.prediction_set_id = %s", [new, src, old]) for old, new in psets.items()]
+        for layer, values in layers:
             cursor.execute(
                 f"INSERT INTO datasets_box (version_id, prediction_set_id, {BOX_COLUMNS}) "
-                f"SELECT %s, %s, {BOX_COLUMNS} FROM datasets_box WHERE version_id = %s AND prediction_set_id = %s "
-                f"AND asset_id IN ({selected})",
-                [dst, new, src, old, src, *args],
+                f"SELECT %s, %s, {_prefixed('b', BOX_COLUMNS)} FROM datasets_box b "
+                f"JOIN ymir_copy c ON c.asset_id = b.asset_id WHERE b.version_id = %s AND {layer}",
+                [dst, *values],
             )
         cursor.execute(
             f"INSERT INTO datasets_datasetasset (version_id, {ITEM_COLUMNS}) "
-            f"SELECT %s, {ITEM_COLUMNS} FROM datasets_datasetasset x WHERE x.version_id = %s{where}",
-            [dst, src, *args],
+            f"SELECT %s, {_prefixed('x', ITEM_COLUMNS)} FROM datasets_datasetasset x "
+            "JOIN ymir_copy c ON c.asset_id = x.asset_id WHERE x.version_id = %s",
+            [dst, src],
         )
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
 def _prediction_set_map(src: int, dst: int) -> dict[int, int]:

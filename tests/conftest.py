@@ -152,7 +152,15 @@ def worker(transactional_db, workspace, tmp_path):
         env["DATABASE_URL"] = urlunsplit(urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{name}"))
     else:
         env["YMIR_SQLITE_PATH"] = name
-    process = subprocess.Popen(
+    process = start_worker(django_settings.CELERY_TASK_DEFAULT_QUEUE, env, tmp_path / "worker.log")
+    yield process
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def start_worker(queue: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A Celery worker process (solo pool: tasks run in the worker process itself) consuming one queue."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -163,15 +171,14 @@ def worker(transactional_db, workspace, tmp_path):
             "--pool",
             "solo",
             "-Q",
-            django_settings.CELERY_TASK_DEFAULT_QUEUE,
+            queue,
+            "--hostname",
+            f"{queue}@%h",
             "--loglevel",
             "WARNING",
         ],
         cwd=ROOT,
         env=env,
-        stdout=(tmp_path / "worker.log").open("w"),
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    yield process
-    process.terminate()
-    process.wait(timeout=60)

@@ -3,48 +3,24 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 
 import pytest
 from django.conf import settings
 
 from core.tasks import ping
-from tests.conftest import ROOT, require
+from tests.conftest import require, start_worker
 
 pytestmark = pytest.mark.worker
 
 
-def test_task_round_trip_through_a_real_worker_process():
+def test_task_round_trip_through_a_real_worker_process(tmp_path):
     if os.environ.get("REDIS_URL"):
         assert settings.CELERY_BROKER_URL.startswith("redis://")
     elif os.environ.get("YMIR_REQUIRE_REDIS"):
         require("YMIR_REQUIRE_REDIS", "REDIS_URL is not set")
     queue = f"roundtrip-{uuid.uuid4().hex[:8]}"
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "ymir",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            queue,
-            "--hostname",
-            f"{queue}@%h",
-            "--loglevel",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    worker = start_worker(queue, os.environ.copy(), tmp_path / "worker.log")
     try:
         payload = uuid.uuid4().hex
         result = ping.apply_async(args=[payload], queue=queue).get(timeout=90)
@@ -53,8 +29,8 @@ def test_task_round_trip_through_a_real_worker_process():
         assert result["pid"] == worker.pid  # the solo pool runs tasks in the worker process itself
     finally:
         worker.terminate()
-        output, _ = worker.communicate(timeout=60)
-    assert worker.returncode == 0, output[-2000:]
+        worker.wait(timeout=60)
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-2000:]
 
 
 def test_celery_accepts_json_only():

@@ -32,3 +32,16 @@ def engine_status(timeout: int = 3) -> EngineStatus:
     components = info.get("Components") or [{}]
     name = str(components[0].get("Name") or info.get("Platform", {}).get("Name") or "engine")
     return EngineStatus(available=True, host=host, name=name, version=str(info.get("Version", "")))
+
+
+def engine_status_cached(seconds: int = 60) -> EngineStatus:
+    """The probe for pages: an unreachable engine would otherwise cost its timeout on every render."""
+    from dataclasses import asdict
+
+    from django.core.cache import cache
+
+    cached = cache.get("ymir:engine-status")
+    if cached is None:
+        cached = asdict(engine_status())
+        cache.set("ymir:engine-status", cached, seconds)
+    return EngineStatus(**cached)

@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from core import services, tokens
-from core.engine import engine_status
+from core.engine import engine_status_cached
 from core.errors import ServiceError
 from core.forms import (
     EmailForm,
@@ -211,7 +211,7 @@ def user_list(request: HttpRequest, create_form: UserCreateForm | None = None) -
             "create_form": create_form or UserCreateForm(),
             "roles": User.Role.choices,
             "workspace": workspace_status(),
-            "engine": engine_status(),
+            "engine": engine_status_cached(),
         },
         status=422 if create_form is not None else 200,
     )

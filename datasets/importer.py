@@ -26,7 +26,7 @@ from core.workspace import workspace_root
 from datasets.bulk import bulk_insert, insert_assets_ignoring_known
 from datasets.formats import FormatError, RawAnnotation, clip_annotation, parse_coco, parse_yolo
 from datasets.ingest import Spec, ingest_chunk, run_parallel, worker_count
-from datasets.models import Asset, Box, DatasetAsset, DatasetVersion, LabelClass, LabelKeyword, PredictionSet
+from datasets.models import Asset, Box, DatasetAsset, DatasetVersion, PredictionSet
 from datasets.store import IMAGE_EXTENSIONS, ImageInfo
 
 IMAGE_DIRS = ("images", "jpegimages")
@@ -402,6 +402,3 @@ def _thumbnails_later(version_id: int) -> None:
     from datasets.tasks import make_thumbnails
 
     make_thumbnails.delay(version_id)
-
-
-__all__ = ["LabelClass", "LabelKeyword", "Report", "run_import", "version_counts", "version_finish"]

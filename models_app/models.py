@@ -50,6 +50,23 @@ class Task(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Executor runs (training, mining, inference, conformance checks).
+    image = models.ForeignKey(
+        "models_app.ExecutorImage", on_delete=models.PROTECT, null=True, blank=True, related_name="tasks"
+    )
+    runner = models.CharField(max_length=8, blank=True)
+    run_ref = models.CharField(max_length=100, blank=True)
+    host = models.CharField(max_length=100, blank=True)
+    gpu_count = models.PositiveSmallIntegerField(default=0)
+    gpu_ids = models.CharField(max_length=100, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    log_tail = models.TextField(blank=True)
+    deliveries = models.PositiveSmallIntegerField(default=0)
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    monitor_at = models.FloatField(default=0.0)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -66,3 +83,75 @@ class Task(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in self.FINAL_STATES
+
+
+class ExecutorImage(models.Model):
+    """An executor: a container image (Docker runner) or a local program (local runner) speaking the contract."""
+
+    class Kind(models.TextChoices):
+        DOCKER = "docker", _("Container image")
+        LOCAL = "local", _("Local program")
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        READY = "ready", _("Ready")
+        ERROR = "error", _("Error")
+
+    TASK_TYPES = ("training", "mining", "infer")
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    description = models.TextField(_("description"), blank=True, max_length=2000)
+    kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices, default=Kind.DOCKER)
+    reference = models.CharField(_("image reference"), max_length=255, blank=True)
+    command = models.JSONField(_("command"), default=list, blank=True)
+    folder = models.CharField(_("executor folder"), max_length=500, blank=True)
+    binds = models.JSONField(default=list, blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
+    error_message = models.TextField(blank=True)
+    manifest = models.JSONField(default=dict, blank=True)
+    templates = models.JSONField(default=dict, blank=True)
+    is_shared = models.BooleanField(_("shared"), default=False)
+    related = models.ManyToManyField("self", symmetrical=False, blank=True, related_name="related_from")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    conformance = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def task_types(self) -> list[str]:
+        return [kind for kind in self.TASK_TYPES if kind in self.templates]
+
+    @property
+    def wants_network(self) -> bool:
+        return bool(self.manifest.get("network") or self.manifest.get("enable_network"))
+
+
+class WorkerHost(models.Model):
+    """A worker host and the GPUs it declares (``YMIR_WORKER_GPUS``); seen alive at ``last_seen``."""
+
+    name = models.CharField(max_length=100, unique=True)
+    gpus = models.JSONField(default=list, blank=True)
+    last_seen = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class GpuLease(models.Model):
+    """One GPU of one host held by one task until ``expires_at`` (renewed while the run is followed)."""
+
+    host = models.CharField(max_length=100)
+    gpu = models.CharField(max_length=16)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="gpu_leases")
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["host", "gpu"], name="gpu_lease_one_holder")]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.gpu}"

@@ -146,20 +146,26 @@ def workspace(settings, tmp_path):
 @pytest.fixture
 def worker(transactional_db, workspace, tmp_path):
     """A real Celery worker process bound to this test's database and workspace."""
-    env = {**os.environ, "YMIR_WORKSPACE": str(workspace), "YMIR_DB_CONN_MAX_AGE": "0"}
-    name = str(connection.settings_dict["NAME"])
-    if connection.vendor == "postgresql":
-        env["DATABASE_URL"] = urlunsplit(urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{name}"))
-    else:
-        env["YMIR_SQLITE_PATH"] = name
-    process = start_worker(django_settings.CELERY_TASK_DEFAULT_QUEUE, env, tmp_path / "worker.log")
+    process = start_worker(django_settings.CELERY_TASK_DEFAULT_QUEUE, worker_env(workspace), tmp_path / "worker.log")
     yield process
     process.terminate()
     process.wait(timeout=60)
 
 
-def start_worker(queue: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A Celery worker process (solo pool: tasks run in the worker process itself) consuming one queue."""
+def worker_env(workspace: Path, **extra: str) -> dict[str, str]:
+    """The environment of a worker process bound to this test's database and workspace."""
+    env = {**os.environ, "YMIR_WORKSPACE": str(workspace), "YMIR_DB_CONN_MAX_AGE": "0", **extra}
+    name = str(connection.settings_dict["NAME"])
+    if connection.vendor == "postgresql":
+        env["DATABASE_URL"] = urlunsplit(urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{name}"))
+    else:
+        env["YMIR_SQLITE_PATH"] = name
+    return env
+
+
+def start_worker(queue: str, env: dict[str, str], log: Path, name: str = "") -> subprocess.Popen[bytes]:
+    """A Celery worker process (solo pool: tasks run in the worker process itself) consuming ``queue``
+    (comma-separated names)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -173,7 +179,7 @@ def start_worker(queue: str, env: dict[str, str], log: Path) -> subprocess.Popen
             "-Q",
             queue,
             "--hostname",
-            f"{queue}@%h",
+            f"{name or queue}@%h",
             "--loglevel",
             "WARNING",
         ],

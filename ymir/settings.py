@@ -235,4 +235,21 @@ YMIR_IMPORT_MAX_DOWNLOAD_BYTES = env_int("YMIR_IMPORT_MAX_DOWNLOAD_BYTES", 50 * 
 # --- Tasks ----------------------------------------------------------------------------------------
 # A running task beats at least every few seconds; one silent for this long lost its worker.
 YMIR_TASK_STALE_SECONDS = env_int("YMIR_TASK_STALE_SECONDS", 300)
+
+# Executors and the job queue (docs/jobs.md).
+YMIR_HOST_NAME = env_str("YMIR_HOST_NAME")  # this worker host's name; the machine's host name when empty
+YMIR_WORKER_GPUS = [g.strip() for g in env_str("YMIR_WORKER_GPUS").split(",") if g.strip()]  # e.g. "0,1"
+YMIR_INSTANCE = env_str("YMIR_INSTANCE")  # tells this installation's containers apart on a shared engine
+YMIR_EXECUTOR_UID = env_int("YMIR_EXECUTOR_UID", 0)  # the uid executors run as; 1000 when the platform is root
+YMIR_EXECUTOR_LOG_LIMIT = env_int("YMIR_EXECUTOR_LOG_LIMIT", 64 << 20)  # bytes of executor log kept
+YMIR_FOLLOW_SECONDS = float(env_str("YMIR_FOLLOW_SECONDS", "3"))  # how often a run is polled
+YMIR_GPU_WAIT_SECONDS = float(env_str("YMIR_GPU_WAIT_SECONDS", "5"))  # how often a waiting GPU task looks again
+YMIR_GPU_LEASE_SECONDS = env_int("YMIR_GPU_LEASE_SECONDS", 120)  # a lease not renewed for this long is free
+YMIR_MAX_DELIVERIES = env_int("YMIR_MAX_DELIVERIES", 3)  # launches that may kill their worker before error
+YMIR_MAX_GPUS_PER_TASK = env_int("YMIR_MAX_GPUS_PER_TASK", 8)
+YMIR_TASK_TIMEOUTS = {
+    "training": env_int("YMIR_TIMEOUT_TRAINING", 7 * 86400),
+    "mining": env_int("YMIR_TIMEOUT_MINING", 2 * 86400),
+    "infer": env_int("YMIR_TIMEOUT_INFER", 2 * 86400),
+}
 CELERY_BEAT_SCHEDULE = {"reconcile-tasks": {"task": "tasks.reconcile", "schedule": 60.0}}

@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("i18n/", include("django.conf.urls.i18n")),
     path("projects/", include("projects.urls")),
+    path("", include("models_app.urls")),
     path("", include("datasets.urls")),
     path("", include("core.urls")),
 ]

@@ -23,6 +23,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from core.engine import engine_status
 from core.models import User
 from core.workspace import workspace_prepare, workspace_status
+from models_app.jobs import worker_queues
 
 STOP_GRACE_SECONDS = 20
 
@@ -91,6 +92,8 @@ class Command(BaseCommand):
                 str(options["concurrency"]),
                 "--hostname",
                 "ymir@%h",
+                "--queues",
+                ",".join(worker_queues()),
                 "--schedule",
                 str(Path(settings.DATA_DIR) / "celerybeat-schedule"),
             ],

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from models_app import views
+
+urlpatterns = [
+    path("tasks/", views.task_list, name="task_list"),
+    path("tasks/<int:task_id>/", views.task_detail, name="task_detail"),
+    path("tasks/<int:task_id>/log", views.task_log, name="task_log"),
+    path("tasks/<int:task_id>/cancel", views.task_cancel, name="task_cancel"),
+    path("tasks/<int:task_id>/retry", views.task_retry, name="task_retry"),
+    path("manage/executors/", views.executor_list, name="executor_list"),
+    path("manage/executors/<int:image_id>/", views.executor_detail, name="executor_detail"),
+]

@@ -1,0 +1,182 @@
+"""Task pages (list, live task page, log, cancel, retry) and executor images (admins)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from core.errors import ServiceError
+from core.models import User
+from models_app import executors, jobs
+from models_app.contract import LOG_FILE
+from models_app.errors import error_meaning
+from models_app.models import ExecutorImage, Task
+from models_app.taskdir import task_dir
+
+
+def tasks_visible_to(user: User) -> QuerySet[Task]:
+    tasks = Task.objects.select_related("project", "image", "user")
+    return tasks if user.is_platform_admin else tasks.filter(user=user)
+
+
+@login_required
+def task_list(request: HttpRequest) -> HttpResponse:
+    tasks = tasks_visible_to(request.user)  # type: ignore[arg-type]
+    kind, state, project = request.GET.get("kind", ""), request.GET.get("state", ""), request.GET.get("project", "")
+    if kind in Task.Kind.values:
+        tasks = tasks.filter(kind=kind)
+    if state in Task.State.values:
+        tasks = tasks.filter(state=state)
+    if project.isdigit():
+        tasks = tasks.filter(project_id=int(project))
+    context = {
+        "tasks": tasks.order_by("-created_at")[:200],
+        "kinds": Task.Kind.choices,
+        "states": Task.State.choices,
+        "filters": {"kind": kind, "state": state, "project": project},
+    }
+    return render(request, "models_app/task_list.html", context)
+
+
+@login_required
+def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = get_object_or_404(tasks_visible_to(request.user), pk=task_id)  # type: ignore[arg-type]
+    context = {
+        "task": task,
+        "meaning": error_meaning(task.error_code) if task.error_code else "",
+        "position": jobs.queue_position(task),
+        "has_log": (task_dir(task.pk) / "out" / LOG_FILE).exists(),
+        "config_text": _yaml(task.config),
+        "result_text": _yaml(task.result),
+    }
+    return render(request, "models_app/task_detail.html", context)
+
+
+def _yaml(data: object) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True) if data else ""
+
+
+@login_required
+def task_log(request: HttpRequest, task_id: int) -> FileResponse:
+    task = get_object_or_404(tasks_visible_to(request.user), pk=task_id)  # type: ignore[arg-type]
+    path = task_dir(task.pk) / "out" / LOG_FILE
+    if not path.is_file():
+        raise PermissionDenied
+    return FileResponse(path.open("rb"), as_attachment=True, filename=f"task-{task.pk}.log", content_type="text/plain")
+
+
+@login_required
+@require_POST
+def task_cancel(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = get_object_or_404(tasks_visible_to(request.user), pk=task_id)  # type: ignore[arg-type]
+    if jobs.cancel(task):
+        messages.success(request, _("Cancelling the task."))
+    else:
+        messages.error(request, _("This task has already ended."))
+    return redirect("task_detail", task_id=task.pk)
+
+
+@login_required
+@require_POST
+def task_retry(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = get_object_or_404(tasks_visible_to(request.user), pk=task_id)  # type: ignore[arg-type]
+    try:
+        new = jobs.job_retry(user=request.user, task=task)  # type: ignore[arg-type]
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("task_detail", task_id=task.pk)
+    messages.success(request, _("Started again as task %(id)s.") % {"id": new.pk})
+    return redirect("task_detail", task_id=new.pk)
+
+
+# --- executor images --------------------------------------------------------------------------------
+
+
+def _admin_only(request: HttpRequest) -> None:
+    if not request.user.is_platform_admin:  # type: ignore[union-attr]
+        raise PermissionDenied
+
+
+@login_required
+def executor_list(request: HttpRequest) -> HttpResponse:
+    _admin_only(request)
+    status = 200
+    if request.method == "POST":
+        data = request.POST
+        try:
+            if data.get("kind") == "local":
+                binds = [line.strip() for line in data.get("binds", "").splitlines() if line.strip()]
+                image = executors.local_add(
+                    user=request.user,  # type: ignore[arg-type]
+                    name=data.get("name", ""),
+                    command=data.get("command", ""),
+                    folder=data.get("folder", ""),
+                    binds=binds,
+                    description=data.get("description", ""),
+                )
+            else:
+                image = executors.image_add(
+                    user=request.user,  # type: ignore[arg-type]
+                    name=data.get("name", ""),
+                    reference=data.get("reference", ""),
+                    description=data.get("description", ""),
+                )
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+            status = 422
+        else:
+            messages.success(request, _("Executor %(name)s added.") % {"name": image.name})
+            return redirect("executor_detail", image_id=image.pk)
+    images = ExecutorImage.objects.prefetch_related("related")
+    return render(request, "models_app/executor_list.html", {"images": images, "form": request.POST}, status=status)
+
+
+@login_required
+def executor_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+    _admin_only(request)
+    image = get_object_or_404(ExecutorImage, pk=image_id)
+    if request.method == "POST":
+        action = request.POST.get("action")
+        try:
+            if action == "copy":
+                copy = executors.image_copy(
+                    user=request.user,  # type: ignore[arg-type]
+                    image=image,
+                    name=request.POST.get("name", ""),
+                    description=request.POST.get("description", ""),
+                )
+                messages.success(request, _("Copied as %(name)s.") % {"name": copy.name})
+                return redirect("executor_detail", image_id=copy.pk)
+            if action == "delete":
+                executors.image_delete(user=request.user, image=image)  # type: ignore[arg-type]
+                messages.success(request, _("Executor deleted."))
+                return redirect("executor_list")
+            related = ExecutorImage.objects.filter(pk__in=request.POST.getlist("related"))
+            executors.image_update(
+                user=request.user,  # type: ignore[arg-type]
+                image=image,
+                name=request.POST.get("name", ""),
+                description=request.POST.get("description", ""),
+                is_shared=request.POST.get("is_shared") == "on",
+                related=list(related),
+            )
+            messages.success(request, _("Executor saved."))
+            return redirect("executor_detail", image_id=image.pk)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+    context = {
+        "image": image,
+        "templates": {kind: _yaml(image.templates[kind]) for kind in image.task_types},
+        "others": ExecutorImage.objects.exclude(pk=image.pk),
+        "related_ids": set(image.related.values_list("pk", flat=True)),
+        "tasks": image.tasks.order_by("-created_at")[:20],
+    }
+    return render(request, "models_app/executor_detail.html", context)

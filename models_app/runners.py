@@ -215,13 +215,14 @@ def bwrap_argv(spec: RunSpec) -> list[str]:
     argv = [bwrap, "--tmpfs", "/", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for system in ("/lib", "/lib64", "/bin", "/sbin"):
         argv += ["--ro-bind-try", system, system]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]  # noqa: S108 (inside the sandbox)
+    # After /tmp: an executor folder or environment may live under the host's /tmp.
     for path in spec.binds:
         argv += ["--ro-bind", path, path]
     if spec.folder:
         argv += ["--ro-bind", spec.folder, spec.folder]
         if (Path(spec.folder) / "img-man").is_dir():
             argv += ["--ro-bind", str(Path(spec.folder) / "img-man"), "/img-man"]
-    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]  # noqa: S108 (inside the sandbox)
     argv += ["--ro-bind", str(spec.in_dir), "/in", "--bind", str(spec.out_dir), "/out"]
     if not spec.network:
         argv.append("--unshare-net")

@@ -271,3 +271,8 @@ def overlap_count(a: int, b: int) -> int:
         )
         (count,) = cursor.fetchone() or (0,)
     return int(count)
+
+
+def copy_selected(src: int, dst: int, asset_ids: list[int]) -> None:
+    """Copy the chosen assets of ``src`` (memberships, ground truth, prediction sets) into ``dst``."""
+    _copy(src, dst, _selection(src, asset_ids))

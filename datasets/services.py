@@ -220,9 +220,6 @@ DEMO_SEED = 2024
 
 def demo_project_start(*, user: User) -> Project:
     """The demo project of the seed-002 walk-through: training, test and mining sets of Lego-like images."""
-    from datasets.classes import class_create, resolve_keywords
-    from datasets.demo import CLASSES
-
     train, test, mining = ([*settings.YMIR_DEMO_SIZES, 0, 0, 0])[:3]
     with transaction.atomic():
         project = Project.objects.create(
@@ -230,24 +227,42 @@ def demo_project_start(*, user: User) -> Project:
             name=_("Lego demo"),
             description=_("A synthetic Lego-like detection set: 8 classes of bricks, plates, tiles, beams and slopes."),
         )
-        for name in CLASSES:
-            if not resolve_keywords([name]):
-                class_create(user=user, name=name)
+        demo_classes_ensure(user)
         start = 0
         for name, count, gt in (("lego-train", train, True), ("lego-test", test, True), ("lego-mining", mining, False)):
-            if count <= 0:
-                continue
-            parameters = {
-                "format": "voc",
-                "unknown_classes": "stop",
-                "source": {"demo": {"count": count, "seed": DEMO_SEED, "start": start, "gt": int(gt)}},
-            }
-            group = DatasetGroup.objects.create(project=project, name=name)
-            task = task_create(user=user, kind=Task.Kind.IMPORT, project=project, parameters=parameters)
-            DatasetVersion.objects.create(group=group, number=1, task=task, parameters=parameters)
-            transaction.on_commit(functools.partial(_enqueue, task.pk))
+            if count > 0:
+                demo_import_start(
+                    user=user, project=project, name=name, count=count, seed=DEMO_SEED, start=start, gt=gt
+                )
             start += count
     return project
+
+
+def demo_classes_ensure(user: User) -> None:
+    """The Lego-like classes, in the registry."""
+    from datasets.classes import class_create, resolve_keywords
+    from datasets.demo import CLASSES
+
+    for name in CLASSES:
+        if not resolve_keywords([name]):
+            class_create(user=user, name=name)
+
+
+def demo_import_start(
+    *, user: User, project: Project, name: str, count: int, seed: int, start: int, gt: bool = True
+) -> DatasetVersion:
+    """A dataset of ``count`` synthetic Lego-like images (the classes must exist), imported by a task."""
+    parameters = {
+        "format": "voc",
+        "unknown_classes": "stop",
+        "source": {"demo": {"count": count, "seed": seed, "start": start, "gt": int(gt)}},
+    }
+    with transaction.atomic():
+        group = DatasetGroup.objects.create(project=project, name=name)
+        task = task_create(user=user, kind=Task.Kind.IMPORT, project=project, parameters=parameters)
+        version = DatasetVersion.objects.create(group=group, number=1, task=task, parameters=parameters)
+        transaction.on_commit(functools.partial(_enqueue, task.pk))
+    return version
 
 
 def _fail(version: DatasetVersion, task_id: int, code: str, message: str, details: object) -> None:
@@ -404,11 +419,23 @@ def dataset_delete(*, user: User, version: DatasetVersion) -> None:
         raise Conflict(_("This dataset is still being made; wait for its task to end."), code="in_use")
     if version.children.filter(state=DatasetVersion.State.PENDING).exists():
         raise Conflict(_("A task is making a new dataset from this one."), code="in_use")
+    if version.trained_models.exists() or version.validated_models.exists():  # type: ignore[attr-defined]
+        raise Conflict(_("A model was trained or validated on this dataset; delete the model first."), code="in_use")
+    if _read_by_running_task(version.pk):
+        raise Conflict(_("A running task reads this dataset."), code="in_use")
     group = version.group
     with transaction.atomic():
         version.delete()
         if not group.versions.exists():
             group.delete()
+
+
+def _read_by_running_task(version_id: int) -> bool:
+    running = Task.objects.exclude(state__in=Task.FINAL_STATES).filter(image__isnull=False)
+    return any(
+        version_id in (t.get("train"), t.get("val"), t.get("candidates"))
+        for t in running.values_list("parameters", flat=True)
+    )
 
 
 def dataset_set_public(*, user: User, version: DatasetVersion, public: bool) -> DatasetVersion:

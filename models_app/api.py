@@ -8,6 +8,7 @@ from django.utils.translation import gettext as _
 from ninja import Router, Schema
 
 from core.errors import Conflict, NotFound
+from models_app.conformance import conformance_start
 from models_app.contract import LOG_FILE
 from models_app.errors import error_meaning
 from models_app.executors import image_add
@@ -99,6 +100,7 @@ class ExecutorOut(Schema):
     templates: dict
     is_shared: bool
     error_message: str
+    conformance: dict
 
 
 class ExecutorIn(Schema):
@@ -117,3 +119,18 @@ def executor_list(request: HttpRequest) -> list[ExecutorImage]:
 @router.post("/executors", response={202: ExecutorOut})
 def executor_add(request: HttpRequest, body: ExecutorIn) -> tuple[int, ExecutorImage]:
     return 202, image_add(user=request.user, name=body.name, reference=body.reference, description=body.description)  # type: ignore[arg-type]
+
+
+class ConformanceIn(Schema):
+    gpu_count: int = 0
+
+
+@router.post("/executors/{image_id}/conformance", response={202: TaskOut})
+def executor_conformance(request: HttpRequest, image_id: int, body: ConformanceIn) -> tuple[int, Task]:
+    """Admins: run the image through a tiny training, mining and inference job; the report lands on the image."""
+    if not request.user.is_platform_admin:  # type: ignore[union-attr]
+        raise NotFound(_("No such executor."), code="not_found")
+    image = ExecutorImage.objects.filter(pk=image_id).first()
+    if image is None:
+        raise NotFound(_("No such executor."), code="not_found")
+    return 202, conformance_start(user=request.user, image=image, gpu_count=body.gpu_count)  # type: ignore[arg-type]

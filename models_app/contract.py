@@ -254,7 +254,8 @@ def read_training_result(out_dir: Path) -> dict[str, Any]:
     if not stages:
         raise ContractError("/out/models/result.yaml lists no model stage")
     evaluate = raw.get("evaluate_config") if isinstance(raw.get("evaluate_config"), dict) else {}
-    return {"best_stage": best, "stages": stages, "evaluate_config": evaluate}
+    protocol = "1.1" if isinstance(raw.get("model_stages"), dict) else "1.0"
+    return {"best_stage": best, "stages": stages, "evaluate_config": evaluate, "protocol": protocol}
 
 
 def read_mining_result(out_dir: Path, known: dict[str, str]) -> list[tuple[str, float]]:

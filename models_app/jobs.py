@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core.errors import Invalid
 from core.models import User
-from datasets.models import DatasetVersion
-from models_app import contract, taskdir
+from datasets.models import DatasetGroup, DatasetVersion
+from models_app import contract, landing, taskdir
 from models_app.errors import error_meaning
-from models_app.models import ExecutorImage, GpuLease, Task, WorkerHost
+from models_app.models import ExecutorImage, GpuLease, ModelStage, Task, WorkerHost
 from models_app.runners import Poll, RunnerError, RunSpec, runner_for
 from models_app.services import task_finish
 from projects.models import Project
@@ -84,9 +84,18 @@ def job_submit(
     user_config: dict[str, Any] | None = None,
     gpu_count: int = 0,
     also_infer: bool = False,
+    model_stage: ModelStage | None = None,
+    model_name: str = "",
+    top_k: int | None = None,
+    output_name: str = "",
     extra: dict[str, Any] | None = None,
 ) -> Task:
-    """Validate and record a training, mining or inference run; it is enqueued after the commit."""
+    """Validate and record a training, mining or inference run; it is enqueued after the commit.
+
+    With a project, what the run produces lands there: training as a version of the model group
+    ``model_name``, mining as a new dataset ``output_name`` of the ``top_k`` best-scored images (with the
+    predictions as a prediction set when ``also_infer``), inference as a prediction set on ``candidates``.
+    """
     if image.state != ExecutorImage.State.READY:
         raise Invalid(_("This executor is not ready."), code="image_not_ready")
     if task_type not in image.templates:
@@ -99,11 +108,25 @@ def job_submit(
         raise Invalid(_("Training needs a training and a validation dataset."), code="missing_dataset")
     if task_type != "training" and candidates is None:
         raise Invalid(_("Mining and inference need a dataset to run on."), code="missing_dataset")
+    if model_stage is not None:
+        models_from = landing.model_dir(model_stage.version_id)
     if task_type != "training" and models_from is None:
         raise Invalid(_("Mining and inference need a model."), code="missing_model")
+    if project is not None and project.owner_id != user.pk:
+        raise Invalid(_("You can only run tasks in your own projects."), code="not_your_project")
     for version in (train, val, candidates):
         if version is not None and version.state != DatasetVersion.State.READY:
             raise Invalid(_("Datasets must be ready."), code="dataset_not_ready")
+        foreign = version is not None and project is not None and version.group.project_id != project.pk
+        if foreign and version is not None and not version.is_public:
+            raise Invalid(_("Datasets must belong to the project or be public."), code="invalid_dataset")
+    if model_stage is not None and project is not None and model_stage.version.group.project_id != project.pk:
+        raise Invalid(_("The model must belong to the project."), code="invalid_model")
+    if top_k is not None and (task_type != "mining" or top_k < 1):
+        raise Invalid(_("Top-k must be a positive number of images, for mining."), code="invalid_top_k")
+    taken = DatasetGroup.objects.filter(project=project, name__iexact=output_name.strip())
+    if output_name and project is not None and taken.exists():
+        raise Invalid(_("This project already has a dataset with that name."), code="dataset_name_taken")
     user_config = dict(user_config or {})
     template = image.templates[task_type]
     for key, value in user_config.items():
@@ -127,6 +150,11 @@ def job_submit(
         "models_from": str(models_from) if models_from else "",
         "user_config": user_config,
         "run_infer": bool(task_type == "infer" or also_infer),
+        "model_stage": model_stage.pk if model_stage else None,
+        "model_files": list(model_stage.files) if model_stage else None,
+        "model_name": model_name.strip(),
+        "top_k": top_k,
+        "output_name": output_name.strip(),
         **(extra or {}),
     }
     with transaction.atomic():
@@ -260,7 +288,7 @@ def _prepare(task: Task, gpu_ids: list[str]) -> dict[str, Any]:
     run_infer = bool(params.get("run_infer"))
     model_paths: list[str] = []
     if params.get("models_from"):
-        model_paths = taskdir.link_models(Path(params["models_from"]), partial / "models")
+        model_paths = taskdir.link_models(Path(params["models_from"]), partial / "models", params.get("model_files"))
     (partial / "models").mkdir(exist_ok=True)
     (partial / "assets").mkdir(exist_ok=True)
     if training:
@@ -456,6 +484,7 @@ def _collect(task: Task, spec: RunSpec, poll: Poll, monitor: contract.Monitor | 
         return
     params = task.parameters
     result: dict[str, Any] = {}
+    scores = boxes = None
     try:
         if params["task_type"] == "training":
             result["training"] = contract.read_training_result(spec.out_dir)
@@ -469,8 +498,15 @@ def _collect(task: Task, spec: RunSpec, poll: Poll, monitor: contract.Monitor | 
     except contract.ContractError as exc:
         _fail(task, "bad_output", str(exc), poll.log_tail)
         return
-    Task.objects.filter(pk=task.pk).update(result=result)
-    task_finish(task.pk, state=State.DONE)
+    try:
+        with transaction.atomic():
+            if Task.objects.select_for_update().filter(pk=task.pk, state=State.RUNNING).exists():
+                result["landed"] = landing.land(task, result, spec.out_dir, scores, boxes)
+                Task.objects.filter(pk=task.pk).update(result=result)
+                task_finish(task.pk, state=State.DONE)
+    except (DatabaseError, OSError) as exc:
+        logger.exception("landing the outputs of task %s failed", task.pk)
+        _fail(task, "landing_failed", _("The run's outputs could not be stored: %(e)s") % {"e": exc}, poll.log_tail)
 
 
 # --- cancel and recovery -------------------------------------------------------------------------------
@@ -526,7 +562,7 @@ def reconcile_lost_hosts(stale_seconds: int) -> list[int]:
 
 def job_retry(*, user: User, task: Task) -> Task:
     """Run an ended executor task again with the same inputs and settings (a new task)."""
-    if task.image is None or not task.is_final:
+    if task.image is None or not task.is_final or "task_type" not in task.parameters:
         raise Invalid(_("Only an ended training, mining or inference task can be retried."), code="not_retryable")
     params = task.parameters
     versions = {k: DatasetVersion.objects.filter(pk=params.get(k)).first() for k in ("train", "val", "candidates")}
@@ -543,4 +579,8 @@ def job_retry(*, user: User, task: Task) -> Task:
         user_config=dict(params.get("user_config", {})),
         gpu_count=task.gpu_count,
         also_infer=bool(params.get("run_infer")) and params["task_type"] == "mining",
+        model_stage=ModelStage.objects.filter(pk=params.get("model_stage")).first(),
+        model_name=str(params.get("model_name") or ""),
+        top_k=params.get("top_k"),
+        output_name="",  # the first run's name may be taken by what it produced; a fresh default then
     )

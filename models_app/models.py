@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -24,6 +25,7 @@ class Task(models.Model):
         EVALUATION = "evaluation", _("Evaluation")
         LABELLING = "labelling", _("Labelling")
         IMAGE_PULL = "image_pull", _("Image pull")
+        CONFORMANCE = "conformance", _("Conformance check")
         PING = "ping", _("Ping")
 
     class State(models.TextChoices):
@@ -155,3 +157,63 @@ class GpuLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.host}:{self.gpu}"
+
+
+class ModelGroup(models.Model):
+    """A named line of models in a project; each training run adds a version."""
+
+    project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="model_groups")
+    name = models.CharField(_("name"), max_length=100)
+    description = models.TextField(_("description"), blank=True, max_length=2000)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint("project", Lower("name"), name="modelgroup_project_name_ci_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    """One trained (or imported) model: its files live under ``models/<id>/`` in the workspace, by stage."""
+
+    group = models.ForeignKey(ModelGroup, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    task = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    image = models.ForeignKey(ExecutorImage, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    train_version = models.ForeignKey(
+        "datasets.DatasetVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="trained_models"
+    )
+    val_version = models.ForeignKey(
+        "datasets.DatasetVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="validated_models"
+    )
+    class_names = models.JSONField(default=list)
+    config = models.JSONField(default=dict, blank=True)
+    recommended_stage = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint("group", "number", name="modelversion_group_number_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.group.name} v{self.number}"
+
+
+class ModelStage(models.Model):
+    """A checkpoint of a model version: its files (relative to the version's folder) and its metrics."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="stages")
+    name = models.CharField(max_length=100)
+    files = models.JSONField(default=list)
+    reported_map = models.FloatField(_("mAP reported by the image"), null=True, blank=True)
+    timestamp = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["version", "name"]
+        constraints = [models.UniqueConstraint("version", "name", name="modelstage_version_name_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.version} / {self.name}"

@@ -35,7 +35,8 @@ def in_asset_name(sha1: str, fmt: str) -> str:
     return f"{sha1[:2]}/{sha1}.{EXTENSIONS.get(fmt, fmt)}"
 
 
-def _link(source: Path, target: Path) -> None:
+def link_file(source: Path, target: Path) -> None:
+    """Hard-link ``source`` at ``target`` (a copy across file systems); an existing target is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
@@ -105,7 +106,7 @@ class InputWriter:
     def _asset(self, sha1: str, fmt: str) -> str:
         name = in_asset_name(sha1, fmt)
         if sha1 not in self.linked:
-            _link(asset_path(sha1), self.root / "assets" / name)
+            link_file(asset_path(sha1), self.root / "assets" / name)
             self.linked.add(sha1)
         container = str(IN / "assets" / name)
         self.known[container] = sha1
@@ -170,11 +171,13 @@ def write_yaml(path: Path, data: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def link_models(source: Path, target: Path) -> list[str]:
-    """Hard-link a model folder (``<stage>/<files>``) into /in/models; the container paths of its files."""
+def link_models(source: Path, target: Path, files: list[str] | None = None) -> list[str]:
+    """Hard-link a model folder (``<stage>/<files>``), or only ``files`` of it, into /in/models; the container
+    paths of the files."""
     paths = []
-    for file in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
+    chosen = [source / f for f in files] if files is not None else source.rglob("*")
+    for file in sorted(p for p in chosen if p.is_file() and not p.is_symlink()):
         relative = file.relative_to(source)
-        _link(file, target / relative)
+        link_file(file, target / relative)
         paths.append(str(IN / "models" / relative))
     return paths

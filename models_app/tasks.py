@@ -14,11 +14,13 @@ def reconcile() -> list[int]:
     """Periodic (Celery beat): in-process tasks whose worker was lost end in error, runs on hosts gone quiet
     end in error, and every live host is asked to follow its runs (on its own queue)."""
     from models_app import jobs
+    from models_app.conformance import restart_lost
     from models_app.models import WorkerHost
     from models_app.services import tasks_reconcile
 
     lost = tasks_reconcile(stale_seconds=settings.YMIR_TASK_STALE_SECONDS)
     lost += jobs.reconcile_lost_hosts(settings.YMIR_TASK_STALE_SECONDS)
+    restart_lost(settings.YMIR_TASK_STALE_SECONDS)
     for host in WorkerHost.objects.values_list("name", flat=True):
         reconcile_host.apply_async((host,), queue=jobs.host_queue(host), expires=settings.YMIR_TASK_STALE_SECONDS)
     return lost
@@ -58,6 +60,17 @@ def executor_follow(task_id: int) -> bool:
         executor_follow.apply_async(
             (task_id,), queue=jobs.host_queue(jobs.host_name()), countdown=settings.YMIR_FOLLOW_SECONDS
         )
+    return going
+
+
+@shared_task(name="executor.conformance")
+def conformance_step(check_id: int, chain: str) -> bool:
+    """One step of an executor conformance check; re-scheduled while its runs go on."""
+    from models_app.conformance import advance, schedule
+
+    going = advance(check_id, chain)
+    if going:
+        schedule(check_id, chain, settings.YMIR_FOLLOW_SECONDS)
     return going
 
 

@@ -8,6 +8,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/log", views.task_log, name="task_log"),
     path("tasks/<int:task_id>/cancel", views.task_cancel, name="task_cancel"),
     path("tasks/<int:task_id>/retry", views.task_retry, name="task_retry"),
+    path("models/<int:model_id>/", views.model_detail, name="model_detail"),
     path("manage/executors/", views.executor_list, name="executor_list"),
     path("manage/executors/<int:image_id>/", views.executor_detail, name="executor_detail"),
 ]

@@ -13,10 +13,12 @@ from django.views.decorators.http import require_POST
 
 from core.errors import ServiceError
 from core.models import User
+from datasets.models import DatasetVersion
 from models_app import executors, jobs
+from models_app.conformance import conformance_start, point_title
 from models_app.contract import LOG_FILE
 from models_app.errors import error_meaning
-from models_app.models import ExecutorImage, Task
+from models_app.models import ExecutorImage, ModelVersion, Task
 from models_app.taskdir import task_dir
 
 
@@ -47,8 +49,11 @@ def task_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     task = get_object_or_404(tasks_visible_to(request.user), pk=task_id)  # type: ignore[arg-type]
+    landed = task.result.get("landed", {}) if isinstance(task.result, dict) else {}
     context = {
         "task": task,
+        "model": ModelVersion.objects.filter(pk=landed.get("model_version")).select_related("group").first(),
+        "dataset": DatasetVersion.objects.filter(pk=landed.get("dataset_version")).select_related("group").first(),
         "meaning": error_meaning(task.error_code) if task.error_code else "",
         "position": jobs.queue_position(task),
         "has_log": (task_dir(task.pk) / "out" / LOG_FILE).exists(),
@@ -95,6 +100,28 @@ def task_retry(request: HttpRequest, task_id: int) -> HttpResponse:
         return redirect("task_detail", task_id=task.pk)
     messages.success(request, _("Started again as task %(id)s.") % {"id": new.pk})
     return redirect("task_detail", task_id=new.pk)
+
+
+# --- models ------------------------------------------------------------------------------------------
+
+
+@login_required
+def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
+    version = get_object_or_404(
+        ModelVersion.objects.select_related(
+            "group__project", "task", "image", "train_version__group", "val_version__group"
+        ),
+        pk=model_id,
+        group__project__owner=request.user,
+    )
+    stages = list(version.stages.all())
+    context = {
+        "version": version,
+        "stages": stages,
+        "best": max((s.reported_map for s in stages if s.reported_map is not None), default=None),
+        "others": version.group.versions.exclude(pk=version.pk),
+    }
+    return render(request, "models_app/model_detail.html", context)
 
 
 # --- executor images --------------------------------------------------------------------------------
@@ -155,6 +182,14 @@ def executor_detail(request: HttpRequest, image_id: int) -> HttpResponse:
                 )
                 messages.success(request, _("Copied as %(name)s.") % {"name": copy.name})
                 return redirect("executor_detail", image_id=copy.pk)
+            if action == "conformance":
+                conformance_start(
+                    user=request.user,  # type: ignore[arg-type]
+                    image=image,
+                    gpu_count=_int(request.POST.get("gpu_count"), 0),
+                )
+                messages.success(request, _("Conformance check started."))
+                return redirect("executor_detail", image_id=image.pk)
             if action == "delete":
                 executors.image_delete(user=request.user, image=image)  # type: ignore[arg-type]
                 messages.success(request, _("Executor deleted."))
@@ -172,11 +207,21 @@ def executor_detail(request: HttpRequest, image_id: int) -> HttpResponse:
             return redirect("executor_detail", image_id=image.pk)
         except ServiceError as exc:
             messages.error(request, exc.message)
+    check = Task.objects.filter(pk=image.conformance.get("task")).first()
     context = {
         "image": image,
         "templates": {kind: _yaml(image.templates[kind]) for kind in image.task_types},
         "others": ExecutorImage.objects.exclude(pk=image.pk),
         "related_ids": set(image.related.values_list("pk", flat=True)),
         "tasks": image.tasks.order_by("-created_at")[:20],
+        "check": check,
+        "points": [{**p, "title": point_title(p["key"])} for p in (check.result.get("points", []) if check else [])],
     }
     return render(request, "models_app/executor_detail.html", context)
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value or default)
+    except ValueError:
+        return default

@@ -32,6 +32,15 @@ def project_update(*, project: Project, name: str, description: str) -> Project:
     return project
 
 
+def models_remove_files(version_ids: list[int]) -> None:
+    import shutil
+
+    from models_app.landing import model_dir
+
+    for pk in version_ids:
+        shutil.rmtree(model_dir(pk), ignore_errors=True)
+
+
 def project_delete(*, project: Project) -> None:
     """Delete a project with its datasets and task history; refused while its data is in use."""
     from datasets.models import DatasetGroup, DatasetVersion
@@ -49,8 +58,16 @@ def project_delete(*, project: Project) -> None:
         .exists()
     ):
         raise Conflict(_("Another project is making a dataset from this one's."), code="in_use")
+    from models_app.models import ModelGroup, ModelVersion
+
+    if ModelVersion.objects.filter(train_version__in=versions).exclude(group__project=project).exists():
+        raise Conflict(_("A model of another project was trained on this project's data."), code="in_use")
+    model_ids = list(ModelVersion.objects.filter(group__project=project).values_list("id", flat=True))
     with transaction.atomic():
+        ModelVersion.objects.filter(pk__in=model_ids).delete()
+        ModelGroup.objects.filter(project=project).delete()
         versions.delete()
         DatasetGroup.objects.filter(project=project).delete()
         Task.objects.filter(project=project).delete()
         project.delete()
+        transaction.on_commit(lambda: models_remove_files(model_ids))

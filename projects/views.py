@@ -8,6 +8,7 @@ from django.utils.translation import gettext as _
 
 from core.errors import ServiceError
 from datasets.selectors import versions_of_project
+from models_app.models import ModelVersion
 from projects.forms import ProjectForm
 from projects.selectors import project_for, projects_of
 from projects.services import project_create, project_delete, project_update
@@ -40,7 +41,9 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     project = project_for(request.user, project_id)  # type: ignore[arg-type]
     tasks = project.tasks.order_by("-created_at")[:20]
     datasets = versions_of_project(project.pk)
-    return render(request, "projects/project_detail.html", {"project": project, "tasks": tasks, "datasets": datasets})
+    models = ModelVersion.objects.filter(group__project=project).select_related("group", "train_version__group")
+    context = {"project": project, "tasks": tasks, "datasets": datasets, "models": models.prefetch_related("stages")}
+    return render(request, "projects/project_detail.html", context)
 
 
 @login_required

@@ -117,3 +117,33 @@ def test_import_a_dataset_watch_its_progress_and_browse_it(page, live_server, wo
     page.get_by_role("link", name="Classes").click()
     page.get_by_role("heading", name="Classes", exact=True).wait_for()
     assert page.locator("tbody tr").count() >= 5
+
+
+def test_an_admin_runs_the_conformance_check_and_watches_the_report(page, live_server, worker, admin_user):
+    """Through a real worker: the check's steps, the sample imports and the three runs, live on the page."""
+    from tests.executors_util import contract_executor, until
+
+    SHOTS.mkdir(exist_ok=True)
+    image = contract_executor("local", admin_user)
+    page.goto(live_server.url + "/accounts/login/")
+    page.get_by_label("Username").fill(admin_user.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name=f"Welcome, {admin_user.username}").wait_for()
+    page.goto(f"{live_server.url}/manage/executors/{image.pk}/")
+    page.get_by_role("button", name="Run the conformance check").click()
+    page.get_by_text("Conformance check started.").wait_for()
+    # the section polls while the check runs; the report appears without a reload
+    page.get_by_text("Some points are not honoured.").wait_for(timeout=120_000)
+    assert page.locator("#conformance tr").count() > 10
+    page.screenshot(path=str(SHOTS / "executor-conformance.png"), full_page=True)
+    image.refresh_from_db()
+    until(lambda: image.conformance.get("state") == "done" or image.refresh_from_db(), 5, "the report on the image")
+
+    training = image.tasks.filter(kind="training").get()
+    page.goto(f"{live_server.url}/tasks/{training.pk}/")
+    page.get_by_role("heading", name="Outputs").wait_for()
+    page.get_by_role("link", name=f"conformance-{image.name} v1").click()
+    page.get_by_role("heading", name="Stages").wait_for()
+    assert page.get_by_text("recommended").is_visible()
+    page.screenshot(path=str(SHOTS / "model-page.png"), full_page=True)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datasets.models import Asset
+from datasets.models import Asset, Box, DatasetVersion, PredictionSet
 from datasets.store import asset_path
 from models_app import jobs
-from models_app.models import Task
+from models_app.landing import model_dir
+from models_app.models import ModelVersion, Task
 from models_app.taskdir import task_dir
 from tests.executors_util import contract_executor, sdk_executor, small_datasets, until
 
@@ -107,6 +108,14 @@ def test_training_run_sees_the_contract_and_lands_its_stages(setup, runner):
     assert "executor done" in (out / "ymir-executor-out.log").read_text()
     assert task.config["epochs"] == 5 and task.percent == 1.0
 
+    version = ModelVersion.objects.get(pk=task.result["landed"]["model_version"])
+    assert version.task == task and version.train_version == setup["train"] and version.val_version == setup["val"]
+    assert version.recommended_stage == "best" and version.class_names == ["a", "b"] and version.number == 1
+    landed = {stage.name: stage for stage in version.stages.all()}
+    assert landed["best"].files == ["best/model.bin"] and landed["epoch1"].reported_map == 0.25
+    stored = model_dir(version.pk) / "best" / "model.bin"
+    assert os.stat(stored).st_ino == os.stat(out / "models" / "best" / "model.bin").st_ino
+
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_mining_and_inference_in_one_run(setup, runner, tmp_path):
@@ -123,6 +132,8 @@ def test_mining_and_inference_in_one_run(setup, runner, tmp_path):
         candidates=setup["train"],
         models_from=model,
         also_infer=True,
+        top_k=2,
+        output_name="hard ones",
     )
     task = _run_to_end(_launch(task))
     assert task.state == "done", (task.error_code, task.error_message, task.log_tail)
@@ -135,6 +146,21 @@ def test_mining_and_inference_in_one_run(setup, runner, tmp_path):
     assert mined["count"] == 4 and {s for s, _ in mined["top"]} == shas  # /etc/passwd line ignored
     assert [v for _, v in mined["top"]] == sorted((v for _, v in mined["top"]), reverse=True)
     assert task.result["infer"] == {"images": 4, "boxes": 4}
+
+    # the two best-scored images land as a new dataset, with their ground truth and the predictions
+    version = DatasetVersion.objects.get(pk=task.result["landed"]["dataset_version"])
+    assert version.group.name == "hard ones" and version.state == "ready" and version.group.project == setup["project"]
+    assert list(version.parents.all()) == [setup["train"]]
+    best = {s for s, _ in mined["top"][:2]}
+    items = list(version.items.select_related("asset"))
+    assert {i.asset.sha1 for i in items} == best and version.asset_count == 2
+    assert {i.tags["mining_score"] for i in items} == {v for _, v in mined["top"][:2]}
+    assert version.gt_box_count == 4  # two boxes per image came along
+    pset = version.prediction_sets.get()
+    assert pset.source == "model" and version.pred_box_count == 2
+    assert set(Box.objects.filter(prediction_set=pset).values_list("label__name", "x1", "y1", "x2", "y2")) == {
+        ("a", 1.0, 2.0, 11.0, 7.0)
+    }
     config = yaml.safe_load((task_dir(task.pk) / "in" / "config.yaml").read_text())
     assert config["model_params_path"] == ["/in/models/best/w.bin"]
     assert config["run_mining"] is True and config["run_infer"] is True
@@ -234,22 +260,37 @@ def test_an_executor_written_with_ymirs_sdk_runs_unmodified(setup, runner, tmp_p
     task = _run_to_end(_launch(_training(setup, image)))
     assert task.state == "done", (task.error_code, task.error_message, task.log_tail)
     assert task.result["training"]["stages"]["default"] == {"files": ["model.txt"], "mAP": 0.42, "timestamp": None}
-    model = task_dir(task.pk) / "out" / "models"
-    assert "trained on 4 images" in (model / "model.txt").read_text()
+    version = ModelVersion.objects.get(pk=task.result["landed"]["model_version"])
+    stage = version.stages.get()
+    assert (stage.name, stage.files, stage.reported_map) == ("default", ["model.txt"], 0.42)
+    assert "trained on 4 images" in (model_dir(version.pk) / "model.txt").read_text()
 
-    mining = jobs.job_submit(
-        user=setup["user"],
-        project=setup["project"],
-        image=image,
-        task_type="mining",
-        class_names=["a"],
-        candidates=setup["val"],
-        models_from=model,
-        also_infer=True,
-    )
-    mining = _run_to_end(_launch(mining))
-    assert mining.state == "done", (mining.error_code, mining.error_message, mining.log_tail)
+    def run(task_type: str, **options) -> Task:
+        task = jobs.job_submit(
+            user=setup["user"],
+            project=setup["project"],
+            image=image,
+            task_type=task_type,
+            class_names=["a"],
+            candidates=setup["val"],
+            model_stage=stage,
+            **options,
+        )
+        task = _run_to_end(_launch(task))
+        assert task.state == "done", (task.error_code, task.error_message, task.log_tail)
+        return task
+
+    mining = run("mining", also_infer=True, top_k=1)
     assert mining.result["mining"]["count"] == 2 and mining.result["infer"] == {"images": 2, "boxes": 2}
+    mined = DatasetVersion.objects.get(pk=mining.result["landed"]["dataset_version"])
+    assert mined.asset_count == 1 and mined.pred_box_count == 1 and mined.prediction_sets.get().source == "model"
+
+    inference = run("infer")
+    pset = PredictionSet.objects.get(pk=inference.result["landed"]["prediction_set"])
+    assert pset.version == setup["val"] and pset.name == f"{version} / default"
+    assert Box.objects.filter(prediction_set=pset).count() == 2
+    setup["val"].refresh_from_db()
+    assert setup["val"].pred_box_count == 2
 
 
 # --- images ------------------------------------------------------------------------------------------
@@ -349,3 +390,20 @@ def test_contract_readers_survive_nonsense(tmp_path):
         "a": 2,
         "task_id": "real",
     }
+
+
+def test_a_models_datasets_are_kept_while_it_lives_and_go_with_the_project(setup, django_capture_on_commit_callbacks):
+    from core.errors import Conflict
+    from datasets.services import dataset_delete
+    from projects.services import project_delete
+
+    task = _run_to_end(_launch(_training(setup, contract_executor("local", setup["user"]))))
+    version = ModelVersion.objects.get(pk=task.result["landed"]["model_version"])
+    with pytest.raises(Conflict) as refused:
+        dataset_delete(user=setup["user"], version=setup["train"])
+    assert refused.value.code == "in_use"
+    folder = model_dir(version.pk)
+    assert folder.is_dir()
+    with django_capture_on_commit_callbacks(execute=True):
+        project_delete(project=setup["project"])
+    assert not ModelVersion.objects.filter(pk=version.pk).exists() and not folder.exists()

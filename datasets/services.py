@@ -419,7 +419,7 @@ def dataset_delete(*, user: User, version: DatasetVersion) -> None:
         raise Conflict(_("This dataset is still being made; wait for its task to end."), code="in_use")
     if version.children.filter(state=DatasetVersion.State.PENDING).exists():
         raise Conflict(_("A task is making a new dataset from this one."), code="in_use")
-    if version.trained_models.exists() or version.validated_models.exists():  # type: ignore[attr-defined]
+    if version.trained_models.exists() or version.validated_models.exists():
         raise Conflict(_("A model was trained or validated on this dataset; delete the model first."), code="in_use")
     if _read_by_running_task(version.pk):
         raise Conflict(_("A running task reads this dataset."), code="in_use")

@@ -52,8 +52,8 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     landed = task.result.get("landed", {}) if isinstance(task.result, dict) else {}
     context = {
         "task": task,
-        "model": ModelVersion.objects.filter(pk=landed.get("model_version")).select_related("group").first(),
-        "dataset": DatasetVersion.objects.filter(pk=landed.get("dataset_version")).select_related("group").first(),
+        "model": ModelVersion.objects.filter(pk=landed.get("model_version") or 0).select_related("group").first(),
+        "dataset": DatasetVersion.objects.filter(pk=landed.get("dataset_version") or 0).select_related("group").first(),
         "meaning": error_meaning(task.error_code) if task.error_code else "",
         "position": jobs.queue_position(task),
         "has_log": (task_dir(task.pk) / "out" / LOG_FILE).exists(),

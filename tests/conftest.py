@@ -146,7 +146,7 @@ def workspace(settings, tmp_path):
 @pytest.fixture
 def worker(transactional_db, workspace, tmp_path):
     """A real Celery worker process bound to this test's database and workspace (default and host queues)."""
-    from models_app.jobs import host_queue, host_name
+    from models_app.jobs import host_name, host_queue
 
     queues = f"{django_settings.CELERY_TASK_DEFAULT_QUEUE},{host_queue(host_name())}"
     env = worker_env(workspace, YMIR_FOLLOW_SECONDS="0.5", YMIR_WORKER_GPUS="")

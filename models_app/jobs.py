@@ -395,10 +395,11 @@ def launch(task_id: int) -> str:
 
 
 def _fail(task: Task, code: str, message: str, log_tail: str = "") -> None:
-    if log_tail:
-        Task.objects.filter(pk=task.pk).update(log_tail=log_tail[-8192:])
-    task_finish(task.pk, state=State.ERROR, error_code=code, error_message=message)
-    gpus_release(task.pk)
+    with transaction.atomic():  # the final state and the freed GPUs are seen together
+        if log_tail:
+            Task.objects.filter(pk=task.pk).update(log_tail=log_tail[-8192:])
+        gpus_release(task.pk)
+        task_finish(task.pk, state=State.ERROR, error_code=code, error_message=message)
 
 
 # --- follow and collect -----------------------------------------------------------------------------
@@ -419,9 +420,12 @@ def follow(task_id: int) -> bool:
         return True
     if task.cancel_requested:
         runner.stop(task.run_ref)
-        Task.objects.filter(pk=task.pk).update(log_tail=poll.log_tail[-8192:])
-        task_finish(task.pk, state=State.TERMINATED, error_code="cancelled", error_message=_("Cancelled by the user."))
-        gpus_release(task.pk)
+        with transaction.atomic():
+            Task.objects.filter(pk=task.pk).update(log_tail=poll.log_tail[-8192:])
+            gpus_release(task.pk)
+            task_finish(
+                task.pk, state=State.TERMINATED, error_code="cancelled", error_message=_("Cancelled by the user.")
+            )
         return False
     monitor = contract.read_monitor(spec.out_dir / "monitor.txt")
     if poll.state == "running":
@@ -503,6 +507,7 @@ def _collect(task: Task, spec: RunSpec, poll: Poll, monitor: contract.Monitor | 
             if Task.objects.select_for_update().filter(pk=task.pk, state=State.RUNNING).exists():
                 result["landed"] = landing.land(task, result, spec.out_dir, scores, boxes)
                 Task.objects.filter(pk=task.pk).update(result=result)
+                gpus_release(task.pk)
                 task_finish(task.pk, state=State.DONE)
     except (DatabaseError, OSError) as exc:
         logger.exception("landing the outputs of task %s failed", task.pk)
@@ -517,10 +522,11 @@ def cancel(task: Task) -> bool:
     if task.is_final:
         return False
     if not task.run_ref:
-        done = task_finish(
-            task.pk, state=State.TERMINATED, error_code="cancelled", error_message=_("Cancelled by the user.")
-        )
-        gpus_release(task.pk)
+        with transaction.atomic():
+            gpus_release(task.pk)
+            done = task_finish(
+                task.pk, state=State.TERMINATED, error_code="cancelled", error_message=_("Cancelled by the user.")
+            )
         if done or task.image_id is None:
             return done
     Task.objects.filter(pk=task.pk).update(cancel_requested=True)

@@ -32,14 +32,35 @@ bootstrap() {
   PY="$venv/bin/python"
 }
 
+# The default detector executor's own environment (torch on CPU), once per lock file; skipped with
+# YMIR_DETECTOR=off. pip (not uv) so that local wheel folders and constraints configured for pip apply.
+detector_env() {
+  [ "${YMIR_DETECTOR:-on}" != "off" ] || return 0
+  local lock=executors/requirements.lock venv="${YMIR_DETECTOR_VENV:-.venv-detector}"
+  if [ ! -x "$venv/bin/python" ]; then
+    "$(find_python)" -m venv "$venv"
+  fi
+  local stamp="$venv/.installed-$(sha256sum "$lock" | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "Installing the default detector's environment (torch, onnxruntime) in $venv ..." >&2
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install --quiet ${YMIR_DETECTOR_PIP_ARGS:-} -r "$lock"
+    touch "$stamp"
+  fi
+  YMIR_DETECTOR_PYTHON="$(cd "$venv" && pwd)/bin/python"
+  export YMIR_DETECTOR_PYTHON
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
   start)
     bootstrap requirements.lock
+    detector_env
     exec "$PY" manage.py serve "$@"
     ;;
   test)
     bootstrap requirements-dev.lock
+    [ -n "${YMIR_TEST_ONLY_STATIC:-}" ] || detector_env
     exec "$PY" -m ymir.testsuite "$@"
     ;;
   *)

@@ -236,3 +236,35 @@ def image_delete(*, user: User, image: ExecutorImage) -> None:
     if Task.objects.filter(image=image).exists():
         raise Conflict(_("This executor has run tasks and cannot be deleted; copy or edit it instead."), code="in_use")
     image.delete()
+
+
+DETECTOR_NAME = "ymir-detector"
+
+
+def detector_register() -> ExecutorImage | None:
+    """Register (or refresh) the default detector as a shared local executor; None when its environment is
+    missing (``./ymir.sh start`` builds it)."""
+    python = settings.YMIR_DETECTOR_PYTHON
+    if not python or not Path(python).exists():
+        return None
+    folder = Path(settings.YMIR_DETECTOR_FOLDER)
+    manifest, templates = _read_local(folder)
+    venv = Path(python).parent.parent
+    base = Path(python).resolve().parent.parent
+    binds = [str(venv)] + ([str(base)] if not base.is_relative_to("/usr") and base != venv else [])
+    image, _created = ExecutorImage.objects.update_or_create(
+        name=DETECTOR_NAME,
+        defaults={
+            "kind": ExecutorImage.Kind.LOCAL,
+            "command": [python, "-m", "ymir_detector"],
+            "folder": str(folder),
+            "binds": binds,
+            "manifest": manifest,
+            "templates": templates,
+            "state": ExecutorImage.State.READY,
+            "error_message": "",
+            "is_shared": True,
+            "description": "The built-in detector (CenterNet-style, PyTorch on CPU, ONNX export).",
+        },
+    )
+    return image

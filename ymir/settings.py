@@ -252,4 +252,10 @@ YMIR_TASK_TIMEOUTS = {
     "mining": env_int("YMIR_TIMEOUT_MINING", 2 * 86400),
     "infer": env_int("YMIR_TIMEOUT_INFER", 2 * 86400),
 }
+# The default detector executor (executors/): its package folder and the Python of its own environment.
+YMIR_DETECTOR_FOLDER = BASE_DIR / "executors"
+_DETECTOR_VENV_PYTHON = BASE_DIR / ".venv-detector" / "bin" / "python"
+YMIR_DETECTOR_PYTHON = env_str("YMIR_DETECTOR_PYTHON") or (
+    str(_DETECTOR_VENV_PYTHON) if _DETECTOR_VENV_PYTHON.exists() else ""
+)
 CELERY_BEAT_SCHEDULE = {"reconcile-tasks": {"task": "tasks.reconcile", "schedule": 60.0}}

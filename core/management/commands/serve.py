@@ -48,6 +48,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         self._prepare_demo()
+        self._register_detector()
 
         host, port = options["host"], options["port"]
         if _port_busy(host, port):
@@ -105,6 +106,13 @@ class Command(BaseCommand):
         raise SystemExit(code)
 
     # --- pieces -----------------------------------------------------------------------------------
+
+    def _register_detector(self) -> None:
+        """The default detector executor, as a shared local executor (its environment built by ymir.sh)."""
+        from models_app.executors import detector_register
+
+        if detector_register() is None:
+            self.stderr.write("The default detector's environment is missing: no built-in executor registered.")
 
     def _prepare_demo(self) -> None:
         """The first account registered gets the demo project (YMIR_DEMO=0 turns this off)."""

@@ -1,0 +1,134 @@
+"""Mining: score every candidate image by how much labelling it would teach the model.
+
+Strategies (``strategy`` in mining-template.yaml):
+- ``random``: a seeded shuffle (the baseline every other strategy must beat);
+- ``entropy``: the summed binary entropy of the detections' scores;
+- ``margin``: least confidence: how close the most uncertain detection is to 0.5;
+- ``aldd``: spatial disagreement (ALDD): the largest gap between the entropy of the pooled class
+  probabilities and the pooled entropy, over the heatmap;
+- ``cald``: consistency under a horizontal flip and a rescale (CALD): 1 - how well the detections agree;
+- ``cost_aware``: entropy divided by the expected number of boxes, so an image is not chosen just for
+  holding many objects (plain entropy correlates with the object count).
+With ``run_infer`` the same forward pass also gives the predictions (pre-annotations)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ymir_detector import contract
+from ymir_detector.contract import Env, ExecutorError, Monitor
+from ymir_detector.data import letterbox, to_tensor
+from ymir_detector.evaluate import iou_matrix
+from ymir_detector.model import Detector, decode
+from ymir_detector.train import load_checkpoint
+
+STRATEGIES = ("random", "entropy", "margin", "aldd", "cald", "cost_aware")
+DEFAULTS: dict[str, Any] = {"strategy": "aldd", "batch_size": 16, "conf_threshold": 0.05, "seed": 0}
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * torch.log(p) + (1 - p) * torch.log(1 - p))
+
+
+def scores_for(
+    strategy: str, model: Detector, images: torch.Tensor, conf: float
+) -> tuple[list[float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    heat, sides = model(images)
+    probs = torch.sigmoid(heat)
+    boxes, det_scores, classes = decode(heat, sides, 100)
+    out = []
+    if strategy == "aldd":
+        pooled = F.avg_pool2d(probs, 3, 1, 1)
+        gap = _entropy(pooled) - F.avg_pool2d(_entropy(probs), 3, 1, 1)
+        out = gap.flatten(1).max(dim=1).values.tolist()
+    elif strategy == "cald":
+        flipped_heat, flipped_sides = model(images.flip(-1))
+        fb, fs, fc = decode(flipped_heat, flipped_sides, 100)
+        width = images.shape[-1]
+        fb = torch.stack((width - fb[..., 2], fb[..., 1], width - fb[..., 0], fb[..., 3]), dim=-1)
+        for i in range(images.shape[0]):
+            keep = det_scores[i] > conf
+            a_boxes, a_scores, a_cls = boxes[i][keep].numpy(), det_scores[i][keep].numpy(), classes[i][keep].numpy()
+            if not len(a_boxes):
+                out.append(float(det_scores[i].max()))  # nothing confident: as uncertain as its best guess
+                continue
+            ious = iou_matrix(a_boxes, fb[i].numpy())
+            same = a_cls[:, None] == fc[i].numpy()[None, :]
+            ious = np.where(same, ious, 0.0)
+            best = ious.argmax(axis=1)
+            agreement = ious.max(axis=1) * (1 - np.abs(a_scores - fs[i].numpy()[best]))
+            out.append(float(1 - agreement.mean()))
+    else:
+        for i in range(images.shape[0]):
+            s = det_scores[i]
+            s = s[s > 0.01]
+            h = _entropy(s)
+            if strategy == "entropy":
+                out.append(float(h.sum()))
+            elif strategy == "margin":
+                out.append(float(1 - (2 * (s - 0.5).abs()).min()) if len(s) else 0.0)
+            else:  # cost_aware
+                expected = float(det_scores[i][det_scores[i] > conf].sum())
+                out.append(float(h.sum()) / (1.0 + expected))
+    return out, (boxes, det_scores, classes)
+
+
+def run(env: Env, monitor: Monitor) -> None:
+    opts = {**DEFAULTS, **{k: env.config[k] for k in DEFAULTS if env.config.get(k) is not None}}
+    if opts["strategy"] not in STRATEGIES:
+        raise ExecutorError("300001", f"unknown strategy {opts['strategy']!r}; choose one of {', '.join(STRATEGIES)}")
+    checkpoint = load_checkpoint([str(p) for p in env.config.get("model_params_path") or []])
+    if checkpoint is None:
+        raise ExecutorError("300003", "model_params_path holds no model.pt")
+    names = list(checkpoint["class_names"])
+    model = Detector(len(names), str(checkpoint["model_size"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    size = int(checkpoint["image_size"])
+    wanted = {n.lower() for n in env.class_names} or {n.lower() for n in names}
+    items = contract.read_index(env.input["candidate_index_file"], False, env.class_names, "none")
+    if not items:
+        raise ExecutorError("300004", "no candidate images")
+    rng = random.Random(opts["seed"])  # noqa: S311 (the random baseline)
+    scored: list[tuple[str, float]] = []
+    predictions: dict[str, list[dict[str, Any]]] = {}
+    batch = int(opts["batch_size"])
+    with torch.no_grad():
+        for start in range(0, len(items), batch):
+            chunk = items[start : start + batch]
+            loaded = [letterbox(item.image, size) for item in chunk]
+            images = to_tensor(np.stack([img for img, _s, _o in loaded]))
+            strategy = "entropy" if opts["strategy"] == "random" else opts["strategy"]
+            values, (boxes, det_scores, classes) = scores_for(strategy, model, images, float(opts["conf_threshold"]))
+            if opts["strategy"] == "random":
+                values = [rng.random() for _ in chunk]
+            for i, item in enumerate(chunk):
+                scored.append((item.image, values[i]))
+                if env.run_infer:
+                    predictions[item.image] = _boxes(
+                        boxes[i], det_scores[i], classes[i], loaded[i], names, wanted, opts
+                    )
+            monitor.progress(0.05 + 0.9 * min(1.0, (start + batch) / len(items)))
+    contract.write_mining_result(env, scored)
+    if env.run_infer:
+        contract.write_infer_result(env, predictions)
+
+
+def _boxes(boxes, scores, classes, loaded, names, wanted, opts) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    _img, scale, (width, height) = loaded
+    found = []
+    for box, score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist(), strict=True):
+        if score < opts["conf_threshold"] or names[int(cls)].lower() not in wanted:
+            continue
+        x1, y1, x2, y2 = (v / scale for v in box)
+        x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
+        if x2 - x1 >= 1 and y2 - y1 >= 1:
+            box_out = {"x": round(x1, 2), "y": round(y1, 2), "w": round(x2 - x1, 2), "h": round(y2 - y1, 2)}
+            found.append({"box": box_out, "class_name": names[int(cls)], "score": round(score, 5)})
+    return found

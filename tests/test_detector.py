@@ -1,0 +1,160 @@
+"""The default detector executor (executors/): real training, mining and inference on CPU, through the
+contract and the local runner; its bad inputs end in YMIR error codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+from django.conf import settings
+
+from datasets.demo import CLASSES
+from datasets.models import DatasetVersion
+from datasets.services import demo_classes_ensure, demo_import_start, import_execute
+from datasets.store import asset_path
+from models_app import jobs
+from models_app.executors import detector_register
+from models_app.landing import model_dir
+from models_app.models import ModelVersion, Task
+from models_app.taskdir import task_dir
+from tests.detector_util import detector_python, run_direct, task_folder
+from tests.executors_util import until
+from tests.factories import ProjectFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _dataset(user, project, name: str, count: int, start: int, gt: bool = True) -> DatasetVersion:
+    version = demo_import_start(user=user, project=project, name=name, count=count, seed=5, start=start, gt=gt)
+    import_execute(version.task_id)
+    version.refresh_from_db()
+    assert version.state == "ready"
+    return version
+
+
+def _run(task: Task, timeout: float = 300) -> Task:
+    assert jobs.launch(task.pk) == "launched"
+    until(lambda: not jobs.follow(task.pk), timeout, f"{task} to end")
+    task.refresh_from_db()
+    assert task.state == "done", (task.error_code, task.error_message, task.log_tail[-2000:])
+    return task
+
+
+def test_the_detector_trains_mines_and_infers_through_the_contract(trainer, workspace):
+    detector_python()
+    image = detector_register()
+    assert image is not None and image.task_types == ["training", "mining", "infer"]
+    demo_classes_ensure(trainer)
+    project = ProjectFactory(owner=trainer)
+    train = _dataset(trainer, project, "train", 60, 0)
+    val = _dataset(trainer, project, "val", 20, 60)
+    pool = _dataset(trainer, project, "pool", 24, 80, gt=False)
+    common = {"user": trainer, "project": project, "image": image, "class_names": list(CLASSES)}
+
+    config = {"epochs": 12, "save_every_epochs": 6, "batch_size": 8, "image_size": 256}
+    training = _run(jobs.job_submit(task_type="training", train=train, val=val, user_config=config, **common))
+    out = task_dir(training.pk) / "out"
+    result = yaml.safe_load((out / "models" / "result.yaml").read_text())
+    assert set(result["model_stages"]) == {"epoch_6", "epoch_12", "best"} and result["best_stage_name"] == "best"
+    assert (out / "monitor.txt").read_text().split("\t")[2:4] == ["1.0000", "3\n"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    version = ModelVersion.objects.get(pk=training.result["landed"]["model_version"])
+    best = version.stages.get(name="best")
+    assert best.files == ["best/model.pt", "best/model.onnx"]
+    assert best.reported_map is not None and best.reported_map > 0  # mAP50 on the held-out validation images
+
+    # the ONNX graph (decoding inside) and the PyTorch weights agree
+    shas = list(val.items.values_list("asset__sha1", flat=True)[:4])
+    agree = subprocess.run(
+        [detector_python(), "-m", "ymir_detector.agree", str(model_dir(version.pk) / "best")]
+        + [str(asset_path(s)) for s in shas],
+        cwd=settings.YMIR_DETECTOR_FOLDER,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(agree.stdout)
+    assert figures["detections"] > 0 and figures["class_mismatch"] == 0
+    assert figures["score_diff"] < 1e-4 and figures["box_diff"] < 1e-2
+
+    # mining ranks every candidate with each strategy; the top-k land with their pre-annotations
+    ranked = {}
+    for strategy in ("random", "entropy", "margin", "aldd", "cald", "cost_aware"):
+        mining = _run(
+            jobs.job_submit(
+                task_type="mining",
+                candidates=pool,
+                model_stage=best,
+                top_k=8,
+                also_infer=strategy == "aldd",
+                user_config={"strategy": strategy},
+                **common,
+            )
+        )
+        assert mining.result["mining"]["count"] == 24, strategy
+        ranked[strategy] = [sha for sha, _score in mining.result["mining"]["top"]]
+        mined = DatasetVersion.objects.get(pk=mining.result["landed"]["dataset_version"])
+        assert mined.asset_count == 8
+        if strategy == "aldd":
+            assert mined.prediction_sets.count() == 1 and mined.pred_box_count > 0
+    assert len({tuple(order) for order in ranked.values()}) > 1  # the strategies do not all agree
+
+    inference = _run(jobs.job_submit(task_type="infer", candidates=val, model_stage=best, **common))
+    detections = json.loads((task_dir(inference.pk) / "out" / "infer-result.json").read_text())["detection"]
+    assert len(detections) == 20 and inference.result["infer"]["images"] == 20
+    for entry in detections.values():
+        for box in entry["boxes"]:
+            assert box["class_name"] in CLASSES and 0 <= box["score"] <= 1 and box["box"]["w"] > 0
+    val.refresh_from_db()
+    assert val.pred_box_count == inference.result["infer"]["boxes"] > 0
+
+
+def _nan_checkpoint(tmp_path) -> str:
+    """A checkpoint of this executor whose weights are NaN (a diverged run given as pretrained weights)."""
+    script = (
+        "import sys, torch\n"
+        "from ymir_detector.model import Detector\n"
+        "from ymir_detector.train import checkpoint\n"
+        "m = Detector(8)\n"
+        "for p in m.parameters(): p.data.fill_(float('nan'))\n"
+        "torch.save(checkpoint(m, [], {'image_size': 128, 'model_size': 's'}), sys.argv[1])\n"
+    )
+    path = tmp_path / "nan.pt"
+    subprocess.run([detector_python(), "-c", script, str(path)], cwd=settings.YMIR_DETECTOR_FOLDER, check=True)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "task", "code"),
+    [
+        ("no training images", "training", "300004"),
+        ("no boxes of the classes", "training", "300004"),
+        ("unknown class index", "training", "300002"),
+        ("bad hyper-parameter", "training", "300001"),
+        ("NaN loss", "training", "300201"),
+        ("unknown strategy", "mining", "300001"),
+        ("no model", "infer", "300003"),
+    ],
+)
+def test_bad_input_ends_in_a_ymir_error_code(tmp_path, case, task, code):
+    detector_python()
+    root = task_folder(tmp_path, train=4, val=2, empty_annotations=case == "no boxes of the classes")
+    config: dict = {"epochs": 1, "image_size": 128, "batch_size": 2}
+    if case == "no training images":
+        (root / "in" / "train-index.tsv").write_text("")
+    if case == "unknown class index":
+        (root / "in" / "annotations" / "0.txt").write_text("42, 1, 1, 20, 20\n")
+    if case == "bad hyper-parameter":
+        config["image_size"] = 100  # not a multiple of 32
+    if case == "NaN loss":
+        config["pretrained_model_params"] = [_nan_checkpoint(tmp_path)]
+    if case == "unknown strategy":
+        config = {"strategy": "psychic", "model_params_path": []}
+    if case == "no model":
+        config = {"model_params_path": ["/nowhere/model.onnx"]}
+    exit_code, monitor, log = run_direct(root, task, config)
+    fields = monitor.rstrip("\n").split("\t")
+    assert exit_code != 0 and fields[3] == "4" and fields[4] == code, (case, monitor, log[-2000:])
+    assert len(fields) == 6 and fields[5]  # a message

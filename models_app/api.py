@@ -7,15 +7,22 @@ from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext as _
 from ninja import Router, Schema
 
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, Invalid, NotFound
+from core.models import User
+from datasets.models import PredictionSet
+from datasets.selectors import version_visible_to
 from models_app.conformance import conformance_start
 from models_app.contract import LOG_FILE
 from models_app.errors import error_meaning
+from models_app.evaluations import evaluation_create
 from models_app.executors import image_add
 from models_app.jobs import cancel, queue_position
-from models_app.models import ExecutorImage, Task
+from models_app.models import Evaluation, ExecutorImage, ModelStage, ModelVersion, Task
+from models_app.selectors import evaluation_visible_to, images_usable_by, model_visible_to, stages_of
 from models_app.taskdir import task_dir
+from models_app.training import inference_start, mining_start, training_start
 from models_app.views import tasks_visible_to
+from projects.models import Project
 
 router = Router(tags=["tasks"])
 
@@ -134,3 +141,216 @@ def executor_conformance(request: HttpRequest, image_id: int, body: ConformanceI
     if image is None:
         raise NotFound(_("No such executor."), code="not_found")
     return 202, conformance_start(user=request.user, image=image, gpu_count=body.gpu_count)  # type: ignore[arg-type]
+
+
+# --- evaluations -------------------------------------------------------------------------------------------
+
+
+class EvaluationIn(Schema):
+    version_id: int
+    prediction_set_ids: list[int]
+    ious: str | float | list[float] = "0.5:0.95"
+    score_threshold: float = 0.0
+    max_dets: list[int] = [1, 10, 100]
+
+
+class EvaluationOut(Schema):
+    id: int
+    version_id: int
+    prediction_set_ids: list[int]
+    parameters: dict
+    state: str
+    task_id: int | None
+    result: dict
+    created_at: datetime
+
+    @staticmethod
+    def resolve_prediction_set_ids(obj: Evaluation) -> list[int]:
+        return sorted(obj.prediction_sets.values_list("pk", flat=True))
+
+    @staticmethod
+    def resolve_state(obj: Evaluation) -> str:
+        return obj.task.state if obj.task else Task.State.DONE
+
+
+@router.post("/evaluations", response={201: EvaluationOut}, tags=["models"])
+def evaluation_post(request: HttpRequest, body: EvaluationIn) -> tuple[int, Evaluation]:
+    """Evaluate a ground-truth dataset version against prediction sets on it (computed now, stored): all 12
+    COCO numbers, per-class AP, precision/recall and PR curves, confusion, and with several sets a bootstrap
+    interval for each set's mAP difference to the best."""
+    version = version_visible_to(request.user, body.version_id)  # type: ignore[arg-type]
+    sets = list(PredictionSet.objects.filter(pk__in=body.prediction_set_ids))
+    if len(sets) != len(set(body.prediction_set_ids)):
+        raise Invalid(_("Prediction sets must belong to the dataset evaluated."), code="invalid_prediction_set")
+    evaluation = evaluation_create(
+        user=request.user,  # type: ignore[arg-type]
+        version=version,
+        prediction_sets=sets,
+        ious=body.ious,
+        score_threshold=body.score_threshold,
+        max_dets=body.max_dets,
+        run_now=True,
+    )
+    return 201, evaluation
+
+
+@router.get("/evaluations/{evaluation_id}", response=EvaluationOut, tags=["models"])
+def evaluation_get(request: HttpRequest, evaluation_id: int) -> Evaluation:
+    return evaluation_visible_to(request.user, evaluation_id)  # type: ignore[arg-type]
+
+
+# --- models, training, mining, inference ----------------------------------------------------------------
+
+
+class StageOut(Schema):
+    id: int
+    name: str
+    files: list[str]
+    reported_map: float | None
+    metrics: dict
+
+
+class ModelOut(Schema):
+    id: int
+    group_id: int
+    name: str
+    number: int
+    project_id: int
+    image_id: int | None
+    task_id: int | None
+    train_version_id: int | None
+    val_version_id: int | None
+    class_names: list[str]
+    config: dict
+    recommended_stage: str
+    stages: list[StageOut]
+    created_at: datetime
+
+    @staticmethod
+    def resolve_name(obj: ModelVersion) -> str:
+        return obj.group.name
+
+    @staticmethod
+    def resolve_project_id(obj: ModelVersion) -> int:
+        return obj.group.project_id
+
+    @staticmethod
+    def resolve_stages(obj: ModelVersion) -> list[ModelStage]:
+        return list(obj.stages.all())
+
+
+@router.get("/models/{model_id}", response=ModelOut, tags=["models"])
+def model_get(request: HttpRequest, model_id: int) -> ModelVersion:
+    """A model version with its stages: the platform's metrics (``metrics``) and the image's own number."""
+    return model_visible_to(request.user, model_id)  # type: ignore[arg-type]
+
+
+class TrainingIn(Schema):
+    image_id: int
+    train_version_id: int
+    val_version_id: int
+    class_names: list[str]
+    overlap: str = "stop"
+    pretrained_stage_id: int | None = None
+    gpu_count: int = 0
+    config: dict = {}
+    model_name: str = ""
+
+
+def _project_of(request: HttpRequest, project_id: int) -> Project:
+    project = Project.objects.filter(pk=project_id, owner=request.user).first()  # type: ignore[misc]
+    if project is None:
+        raise NotFound(_("No such project."), code="not_found")
+    return project
+
+
+def _image(image_id: int, user: User) -> ExecutorImage:
+    image = images_usable_by(user).filter(pk=image_id).first()
+    if image is None:
+        raise NotFound(_("No such executor."), code="not_found")
+    return image
+
+
+def _stage(user: User, stage_id: int | None) -> ModelStage | None:
+    if stage_id is None:
+        return None
+    stage = stages_of(user).filter(pk=stage_id).first()
+    if stage is None:
+        raise NotFound(_("No such model stage."), code="not_found")
+    return stage
+
+
+@router.post("/projects/{project_id}/trainings", response={202: TaskOut}, tags=["models"])
+def training_post(request: HttpRequest, project_id: int, body: TrainingIn) -> tuple[int, Task]:
+    """Train: a task that lands as a new version of the model group ``model_name``; each stage is then
+    inferred on the validation set and evaluated by the platform."""
+    user: User = request.user  # type: ignore[assignment]
+    project = _project_of(request, project_id)
+    task = training_start(
+        user=user,
+        project=project,
+        image=_image(body.image_id, user),
+        train=version_visible_to(user, body.train_version_id),
+        val=version_visible_to(user, body.val_version_id),
+        class_names=body.class_names,
+        overlap=body.overlap,
+        pretrained=_stage(user, body.pretrained_stage_id),
+        gpu_count=body.gpu_count,
+        config=body.config,
+        model_name=body.model_name,
+    )
+    return 202, task
+
+
+class MiningIn(Schema):
+    image_id: int
+    candidates_version_id: int
+    stage_id: int
+    top_k: int
+    also_infer: bool = False
+    exclude_labelled: bool = False
+    exclude_mined: bool = False
+    gpu_count: int = 0
+    config: dict = {}
+    output_name: str = ""
+
+
+@router.post("/projects/{project_id}/minings", response={202: TaskOut}, tags=["models"])
+def mining_post(request: HttpRequest, project_id: int, body: MiningIn) -> tuple[int, Task]:
+    """Mine: the top-k images of the pool become a new dataset (with the predictions if ``also_infer``)."""
+    user: User = request.user  # type: ignore[assignment]
+    stage = _stage(user, body.stage_id)
+    assert stage is not None
+    task = mining_start(
+        user=user,
+        project=_project_of(request, project_id),
+        image=_image(body.image_id, user),
+        candidates=version_visible_to(user, body.candidates_version_id),
+        stage=stage,
+        top_k=body.top_k,
+        also_infer=body.also_infer,
+        exclude_labelled=body.exclude_labelled,
+        exclude_mined=body.exclude_mined,
+        gpu_count=body.gpu_count,
+        config=body.config,
+        output_name=body.output_name,
+    )
+    return 202, task
+
+
+class InferenceIn(Schema):
+    stage_ids: list[int]
+    version_ids: list[int]
+    gpu_count: int = 0
+    config: dict = {}
+
+
+@router.post("/inferences", response={202: list[TaskOut]}, tags=["models"])
+def inference_post(request: HttpRequest, body: InferenceIn) -> tuple[int, list[Task]]:
+    """Infer: one task per (model stage, dataset); each lands as a prediction set on its dataset."""
+    user: User = request.user  # type: ignore[assignment]
+    stages = [s for s in (_stage(user, i) for i in body.stage_ids) if s is not None]
+    versions = [version_visible_to(user, i) for i in body.version_ids]
+    return 202, inference_start(
+        user=user, stages=stages, versions=versions, gpu_count=body.gpu_count, config=body.config
+    )

@@ -361,3 +361,34 @@ def class_ap(ev: Evaluation, iou: float | None = None) -> np.ndarray:
         if v.size:
             out[k] = float(v.mean())
     return out
+
+
+def _first_area_last_maxdet(m: Matching) -> Matching:
+    return Matching(m.dt_kept, m.dt_rank, m.dt_gt[:1], m.dt_ignored[:1], m.gt_matched[:1], m.gt_ignored[:1])
+
+
+def bootstrap_ap(
+    gt: Boxes,
+    dts: list[Boxes],
+    matchings: list[Matching],
+    *,
+    n_images: int,
+    n_classes: int,
+    max_det: int = 100,
+    rounds: int = 200,
+    seed: int = 0,
+) -> np.ndarray:
+    """mAP (area all, averaged over the IoU thresholds) of each detection set on ``rounds`` resamples of the
+    images with replacement, the same resamples for every set: [rounds, n_sets]."""
+    rng = np.random.default_rng(seed)
+    reduced = [_first_area_last_maxdet(m) for m in matchings]
+    out = np.full((rounds, len(dts)), np.nan)
+    for r in range(rounds):
+        weights = np.bincount(rng.integers(0, n_images, n_images), minlength=n_images).astype(np.float64)
+        for j, (dt, m) in enumerate(zip(dts, reduced, strict=True)):
+            precision, _recall, _scores = accumulate(
+                gt, dt, m, n_classes=n_classes, max_dets=(max_det,), weights=weights
+            )
+            valid = precision[precision > -1]
+            out[r, j] = valid.mean() if valid.size else np.nan
+    return out

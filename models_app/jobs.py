@@ -89,8 +89,10 @@ def job_submit(
     top_k: int | None = None,
     output_name: str = "",
     extra: dict[str, Any] | None = None,
+    launch: bool = True,
 ) -> Task:
-    """Validate and record a training, mining or inference run; it is enqueued after the commit.
+    """Validate and record a training, mining or inference run; it is enqueued after the commit (unless not
+    ``launch``: the caller completes it without a run).
 
     With a project, what the run produces lands there: training as a version of the model group
     ``model_name``, mining as a new dataset ``output_name`` of the ``top_k`` best-scored images (with the
@@ -168,7 +170,8 @@ def job_submit(
             parameters=parameters,
             timeout_seconds=settings.YMIR_TASK_TIMEOUTS.get(task_type),
         )
-        transaction.on_commit(lambda: enqueue_launch(task.pk))
+        if launch:
+            transaction.on_commit(lambda: enqueue_launch(task.pk))
     return task
 
 
@@ -284,7 +287,7 @@ def _prepare(task: Task, gpu_ids: list[str]) -> dict[str, Any]:
     export_format = str(user_config.get("export_format", template.get("export_format", "")) or "")
     writer = taskdir.InputWriter(partial, params["class_names"], export_format)
     training = task_type == "training"
-    run_mining = task_type == "mining"
+    run_mining = task_type == "mining" and not params.get("skip_scoring")
     run_infer = bool(params.get("run_infer"))
     model_paths: list[str] = []
     if params.get("models_from"):
@@ -292,8 +295,11 @@ def _prepare(task: Task, gpu_ids: list[str]) -> dict[str, Any]:
     (partial / "models").mkdir(exist_ok=True)
     (partial / "assets").mkdir(exist_ok=True)
     if training:
-        writer.index("train-index.tsv", DatasetVersion.objects.get(pk=params["train"]), annotated=True)
-        writer.index("val-index.tsv", DatasetVersion.objects.get(pk=params["val"]), annotated=True)
+        from models_app.training import overlap_skip
+
+        skip_train, skip_val = overlap_skip(params)
+        writer.index("train-index.tsv", DatasetVersion.objects.get(pk=params["train"]), annotated=True, skip=skip_train)
+        writer.index("val-index.tsv", DatasetVersion.objects.get(pk=params["val"]), annotated=True, skip=skip_val)
     else:
         writer.index("candidate-index.tsv", DatasetVersion.objects.get(pk=params["candidates"]), annotated=False)
     writer.finish()
@@ -492,7 +498,9 @@ def _collect(task: Task, spec: RunSpec, poll: Poll, monitor: contract.Monitor | 
     try:
         if params["task_type"] == "training":
             result["training"] = contract.read_training_result(spec.out_dir)
-        if params["task_type"] == "mining":
+        if params["task_type"] == "mining" and params.get("skip_scoring"):
+            scores = landing.all_candidates(int(params["candidates"]))
+        elif params["task_type"] == "mining":
             scores = contract.read_mining_result(spec.out_dir, _known(task))
             result["mining"] = {"count": len(scores), "top": [[s, v] for s, v in scores[:1000]]}
         if params.get("run_infer"):

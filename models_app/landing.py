@@ -6,6 +6,7 @@ with its final state or not at all.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from datasets.models import Asset, Box, DatasetAsset, DatasetGroup, DatasetVersi
 from datasets.operations import copy_selected
 from models_app import taskdir
 from models_app.models import ModelGroup, ModelStage, ModelVersion, Task
+
+logger = logging.getLogger(__name__)
 
 
 def model_dir(version_id: int) -> Path:
@@ -38,7 +41,9 @@ def land(
         return {}
     landed: dict[str, Any] = {}
     if "training" in result:
-        landed["model_version"] = _land_model(task, result["training"], out_dir).pk
+        model = _land_model(task, result["training"], out_dir)
+        landed["model_version"] = model.pk
+        landed["stage_evaluations"] = _evaluate_stages(model, task)
     if scores is not None:
         version = _land_mined(task, scores, predictions)
         landed["dataset_version"] = version.pk
@@ -48,7 +53,32 @@ def land(
         target.pred_box_count = Box.objects.filter(version=target, prediction_set__isnull=False).count()
         target.save(update_fields=["pred_box_count"])
         landed.update(prediction_set=pset.pk, dataset_version=target.pk, skipped_boxes=skipped)
+        if params.get("evaluate_stage"):
+            landed["evaluation"] = _evaluate_prediction_set(task, target, pset)
     return landed
+
+
+def _evaluate_stages(model: ModelVersion, task: Task) -> list[int]:
+    """Submit the inference runs whose predictions the platform evaluates (one per stage)."""
+    from core.errors import Invalid
+    from models_app.training import stage_evaluations_submit
+
+    try:
+        return [t.pk for t in stage_evaluations_submit(model, task)]
+    except Invalid as exc:  # e.g. the validation set was deleted meanwhile: the model still lands
+        logger.warning("model %s: stage evaluation not started: %s", model.pk, exc.message)
+        return []
+
+
+def _evaluate_prediction_set(task: Task, version: DatasetVersion, pset: PredictionSet) -> int | None:
+    from core.errors import Invalid
+    from models_app.evaluations import evaluation_create
+
+    try:
+        return evaluation_create(user=task.user, version=version, prediction_sets=[pset]).pk
+    except Invalid as exc:
+        logger.warning("task %s: evaluation not started: %s", task.pk, exc.message)
+        return None
 
 
 def _land_model(task: Task, training: dict[str, Any], out_dir: Path) -> ModelVersion:
@@ -104,6 +134,7 @@ def _land_mined(
     params = task.parameters
     assert task.project_id is not None
     source_id = int(params["candidates"])
+    scores = _without_excluded(task, scores)
     top_k = int(params.get("top_k") or 0) or len(scores)
     chosen = dict(scores[:top_k])
     ids = dict(Asset.objects.filter(sha1__in=list(chosen)).values_list("sha1", "id"))
@@ -117,13 +148,56 @@ def _land_mined(
     for item in items:  # the mining score travels with the image as an asset tag
         item.tags = {**item.tags, "mining_score": round(score_of[item.asset_id], 6)}
     DatasetAsset.objects.bulk_update(items, ["tags"], batch_size=2000)
-    report: dict[str, Any] = {"operation": "mining", "scored": len(scores), "top_k": top_k}
+    report: dict[str, Any] = {
+        "operation": "mining",
+        "scored": 0 if params.get("skip_scoring") else len(scores),
+        "top_k": top_k,
+        "excluded": params.get("excluded", 0),
+    }
     if predictions is not None:
-        _pset, report["skipped_boxes"] = _land_predictions(
+        pset, report["skipped_boxes"] = _land_predictions(
             task, version, {sha1: boxes for sha1, boxes in predictions.items() if sha1 in chosen}
         )
+        # what labelling will cost: the boxes the model predicts on the chosen images
+        report["predicted_boxes"] = Box.objects.filter(prediction_set=pset).count()
     version_finish(version, report)
     return version
+
+
+def all_candidates(version_id: int) -> list[tuple[str, float]]:
+    """Top-k at least the pool: every image is taken, unscored (score 0), in membership order."""
+    rows = DatasetAsset.objects.filter(version_id=version_id).order_by("id").values_list("asset__sha1", flat=True)
+    return [(sha1, 0.0) for sha1 in rows]
+
+
+def land_without_run(task: Task) -> dict[str, Any]:
+    """A mining task whose top-k covers the pool and that asks no predictions: nothing to run."""
+    scores = all_candidates(int(task.parameters["candidates"]))
+    return {"landed": {"dataset_version": _land_mined(task, scores, None).pk}, "mining": {"count": 0}}
+
+
+def _without_excluded(task: Task, scores: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Drop images already labelled (ground truth in any dataset of the project) or already mined (in a
+    dataset a mining run of the project produced), when asked; the count goes to the task's parameters."""
+    params = task.parameters
+    if not (params.get("exclude_labelled") or params.get("exclude_mined")):
+        return scores
+    assert task.project_id is not None
+    project_versions = DatasetVersion.objects.filter(group__project_id=task.project_id)
+    excluded: set[int] = set()
+    if params.get("exclude_labelled"):
+        excluded |= set(
+            Box.objects.filter(version__in=project_versions, prediction_set__isnull=True)
+            .values_list("asset_id", flat=True)
+            .distinct()
+        )
+    if params.get("exclude_mined"):
+        mined = project_versions.filter(task__kind=Task.Kind.MINING).exclude(task=task)
+        excluded |= set(DatasetAsset.objects.filter(version__in=mined).values_list("asset_id", flat=True))
+    sha1s = set(Asset.objects.filter(pk__in=excluded).values_list("sha1", flat=True)) if excluded else set()
+    kept = [(sha1, score) for sha1, score in scores if sha1 not in sha1s]
+    params["excluded"] = len(scores) - len(kept)
+    return kept
 
 
 def _land_predictions(
@@ -133,7 +207,13 @@ def _land_predictions(
     params = task.parameters
     stage = ModelStage.objects.select_related("version__group").filter(pk=params.get("model_stage")).first()
     name = f"{stage.version} / {stage.name}" if stage else f"{task.image} #{task.pk}"
-    info = {"task": task.pk, "image": str(task.image), "stage": stage.pk if stage else None}
+    info = {
+        "task": task.pk,
+        "image": str(task.image),
+        "stage": stage.pk if stage else None,
+        "model_version": stage.version_id if stage else None,
+        "evaluate_stage": params.get("evaluate_stage"),
+    }
     pset = PredictionSet.objects.create(version=version, source=PredictionSet.Source.MODEL, name=name, model_info=info)
     label_of = resolve_keywords({box["class_name"] for boxes in predictions.values() for box in boxes})
     assets = {

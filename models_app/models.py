@@ -217,3 +217,21 @@ class ModelStage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} / {self.name}"
+
+
+class Evaluation(models.Model):
+    """A ground-truth dataset version evaluated against some of its prediction sets, with stored results."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="evaluations")
+    version = models.ForeignKey("datasets.DatasetVersion", on_delete=models.CASCADE, related_name="evaluations")
+    prediction_sets = models.ManyToManyField("datasets.PredictionSet", related_name="evaluations")
+    task = models.OneToOneField(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="evaluation")
+    parameters = models.JSONField(default=dict)
+    result = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Evaluation #{self.pk}"

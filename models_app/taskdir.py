@@ -147,11 +147,15 @@ class InputWriter:
         target.write_text(text)
         return str(IN / "annotations" / relative)
 
-    def index(self, filename: str, version: DatasetVersion, *, annotated: bool) -> int:
+    def index(
+        self, filename: str, version: DatasetVersion, *, annotated: bool, skip: set[int] | frozenset[int] = frozenset()
+    ) -> int:
         count = 0
         with (self.root / filename).open("w") as index:
             for rows, boxes in _items(version.pk):
                 for asset_id, sha1, fmt, w, h in rows:
+                    if asset_id in skip:
+                        continue
                     image = self._asset(sha1, fmt)
                     if annotated:
                         annotation = self._annotation(asset_id, sha1, fmt, w, h, boxes.get(asset_id, []))

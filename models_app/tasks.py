@@ -93,3 +93,10 @@ def _reconcile_at_start(**_kwargs: object) -> None:
         return
     reconcile_host.apply_async((jobs.host_name(),), queue=jobs.host_queue(jobs.host_name()))
     reconcile.delay()
+
+
+@shared_task(name="evaluation.run", acks_late=True)
+def evaluation_task(task_id: int) -> None:
+    from models_app.evaluations import evaluation_run
+
+    evaluation_run(task_id)

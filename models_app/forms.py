@@ -19,7 +19,7 @@ def add_config_fields(form: forms.Form, image: ExecutorImage | None, task_type: 
     """One field per template key, typed by its default value."""
     if image is None:
         return
-    for key, default in editable_template(image, task_type).items():
+    for key, default in sorted(editable_template(image, task_type).items()):  # jsonb keeps no key order
         name = CONFIG_PREFIX + key
         label = key
         if isinstance(default, bool):

@@ -262,7 +262,8 @@ class LocalRunner:
         if ref_file.exists():  # a redelivered launch adopts the run it started before
             return ref_file.read_text().strip()
         argv = bwrap_argv(spec)
-        shim = [sys.executable, str(SHIM), str(spec.out_dir / LOG_FILE), str(settings.YMIR_EXECUTOR_LOG_LIMIT)]
+        # -P: the script's folder (this app) is not put on sys.path, so no module here shadows the stdlib
+        shim = [sys.executable, "-P", str(SHIM), str(spec.out_dir / LOG_FILE), str(settings.YMIR_EXECUTOR_LOG_LIMIT)]
         shim += [str(spec.out_dir.parent / EXIT_FILE), "--", *argv]
         process = subprocess.Popen(
             shim,

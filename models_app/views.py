@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -14,12 +16,13 @@ from django.views.decorators.http import require_POST
 from core.errors import ServiceError
 from core.models import User
 from datasets.models import DatasetVersion
-from models_app import executors, jobs
+from models_app import executors, jobs, landing
 from models_app.conformance import conformance_start, point_title
 from models_app.contract import LOG_FILE
 from models_app.errors import error_meaning
 from models_app.models import ExecutorImage, ModelVersion, Task
 from models_app.taskdir import task_dir
+from models_app.tensorboard import read_scalars
 
 
 def tasks_visible_to(user: User) -> QuerySet[Task]:
@@ -115,13 +118,47 @@ def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
         group__project__owner=request.user,
     )
     stages = list(version.stages.all())
+    platform = [s.metrics.get("AP") for s in stages if s.metrics.get("AP") is not None]
     context = {
         "version": version,
         "stages": stages,
-        "best": max((s.reported_map for s in stages if s.reported_map is not None), default=None),
+        "best_platform": max(platform, default=None),
         "others": version.group.versions.exclude(pk=version.pk),
+        "charts": _training_charts(landing.model_dir(version.pk) / "tensorboard"),
+        "evaluating": version.task is not None
+        and any(not s.metrics for s in stages)
+        and Task.objects.filter(pk__in=(version.task.result.get("landed") or {}).get("stage_evaluations", []))
+        .exclude(state__in=Task.FINAL_STATES)
+        .exists(),
     }
     return render(request, "models_app/model_detail.html", context)
+
+
+def _training_charts(folder: Path) -> list[dict[str, object]]:
+    """Training curves from the run's TensorBoard files: one line chart per kind (loss, learning rate, mAP)."""
+    curves = read_scalars(folder)
+    groups: dict[str, list[str]] = {}
+    for tag in curves:
+        leaf = tag.rsplit("/", 1)[-1].lower()
+        kind = "map" if "map" in leaf else "lr" if leaf in ("lr", "learning_rate") or "lr" in leaf else "loss"
+        groups.setdefault(kind, []).append(tag)
+    titles = {
+        "loss": _("Loss"),
+        "lr": _("Learning rate"),
+        "map": _("mAP on the validation set (reported by the image)"),
+    }
+    charts: list[dict[str, object]] = []
+    for kind in ("loss", "lr", "map"):
+        tags = groups.get(kind, [])
+        if not tags:
+            continue
+        steps = sorted({step for tag in tags for step, _v in curves[tag]})
+        series = []
+        for tag in tags:
+            values = dict(curves[tag])
+            series.append({"label": tag, "data": [values.get(step) for step in steps]})
+        charts.append({"id": f"curve-{kind}", "title": titles[kind], "type": "line", "labels": steps, "series": series})
+    return charts
 
 
 # --- executor images --------------------------------------------------------------------------------

@@ -147,3 +147,66 @@ def test_an_admin_runs_the_conformance_check_and_watches_the_report(page, live_s
     page.get_by_role("heading", name="Stages").wait_for()
     assert page.get_by_text("recommended").is_visible()
     page.screenshot(path=str(SHOTS / "model-page.png"), full_page=True)
+
+
+def _login(page, live_server, user) -> None:
+    page.goto(live_server.url + "/accounts/login/")
+    page.get_by_label("Username").fill(user.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name=f"Welcome, {user.username}").wait_for()
+
+
+def test_train_from_the_project_page_see_the_platform_map_and_diagnose(page, live_server, worker, trainer):
+    """The default detector through a real worker: the training form, the live task, the model page with the
+    platform's mAP per stage and the training curves, then a diagnosis comparing two stages."""
+    from datasets.models import DatasetVersion
+    from datasets.services import demo_classes_ensure, demo_import_start
+    from models_app.executors import detector_register
+    from models_app.models import Evaluation
+    from tests.detector_util import detector_python
+    from tests.executors_util import until
+
+    detector_python()
+    SHOTS.mkdir(exist_ok=True)
+    demo_classes_ensure(trainer)
+    project = Project.objects.create(owner=trainer, name="Lego")
+    train = demo_import_start(user=trainer, project=project, name="lego-train", count=30, seed=3, start=0)
+    val = demo_import_start(user=trainer, project=project, name="lego-val", count=10, seed=3, start=500)
+    for version in (train, val):
+        until(lambda v=version: DatasetVersion.objects.get(pk=v.pk).state == "ready", 120, "the demo imports")
+    detector_register()
+    train.refresh_from_db()
+    val.refresh_from_db()
+
+    _login(page, live_server, trainer)
+    page.goto(f"{live_server.url}/projects/{project.pk}/")
+    page.get_by_role("link", name="Train a model").click()
+    page.get_by_label("Training dataset").select_option(label=f"lego-train v1 (30 · {train.gt_box_count})")
+    page.get_by_label("Validation dataset").select_option(label=f"lego-val v1 (10 · {val.gt_box_count})")
+    page.get_by_label("Training targets").select_option(sorted(train.class_counts["gt"]))
+    page.get_by_role("button", name="Count positive / negative samples").click()
+    page.locator("#targets table").wait_for()
+    page.get_by_label("Model name").fill("lego-detector")
+    for key, value in (("epochs", "2"), ("save_every_epochs", "1"), ("image_size", "128"), ("mosaic", "0")):
+        page.locator(f"#id_cfg_{key}").fill(value)
+    page.screenshot(path=str(SHOTS / "training-form.png"), full_page=True)
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("heading", name="Outputs").wait_for(timeout=180_000)
+    page.get_by_role("link", name="lego-detector v1").click()
+    page.get_by_text("best by the platform").first.wait_for(timeout=180_000)
+    page.locator("#chart-curve-loss").wait_for()
+    page.screenshot(path=str(SHOTS / "model-trained.png"), full_page=True)
+
+    page.get_by_role("link", name="Diagnosis").click()
+    page.get_by_label("Test dataset").select_option(label=f"lego-val v1 (10 · {val.gt_box_count})")
+    boxes = page.locator("input[name=prediction_sets]")
+    boxes.first.wait_for()
+    for i in range(min(2, boxes.count())):
+        boxes.nth(i).check()
+    page.get_by_role("button", name="Evaluate").click()
+    page.get_by_role("heading", name="Summary").wait_for(timeout=60_000)
+    page.locator("#chart-ap").wait_for()
+    page.screenshot(path=str(SHOTS / "diagnosis.png"), full_page=True)
+    evaluation = Evaluation.objects.filter(version=val).latest("id")
+    assert len(evaluation.result["sets"]) == 2 and len(evaluation.result["comparison"]) == 1

@@ -20,7 +20,7 @@ from models_app import executors, jobs, landing
 from models_app.conformance import conformance_start, point_title
 from models_app.contract import LOG_FILE
 from models_app.errors import error_meaning
-from models_app.models import ExecutorImage, ModelVersion, Task
+from models_app.models import Evaluation, ExecutorImage, ModelStage, ModelVersion, Task
 from models_app.taskdir import task_dir
 from models_app.tensorboard import read_scalars
 
@@ -125,13 +125,24 @@ def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
         "best_platform": max(platform, default=None),
         "others": version.group.versions.exclude(pk=version.pk),
         "charts": _training_charts(landing.model_dir(version.pk) / "tensorboard"),
-        "evaluating": version.task is not None
-        and any(not s.metrics for s in stages)
-        and Task.objects.filter(pk__in=(version.task.result.get("landed") or {}).get("stage_evaluations", []))
-        .exclude(state__in=Task.FINAL_STATES)
-        .exists(),
+        "evaluating": _stages_evaluating(version, stages),
     }
     return render(request, "models_app/model_detail.html", context)
+
+
+def _stages_evaluating(version: ModelVersion, stages: list[ModelStage]) -> bool:
+    """Some stage still waits for the platform's evaluation: its inference run or its evaluation is not final."""
+    if version.task is None or all(s.metrics for s in stages):
+        return False
+    runs = (version.task.result.get("landed") or {}).get("stage_evaluations", [])
+    if Task.objects.filter(pk__in=runs).exclude(state__in=Task.FINAL_STATES).exists():
+        return True
+    stage_ids = [s.pk for s in stages]
+    return (
+        Evaluation.objects.filter(prediction_sets__model_info__evaluate_stage__in=stage_ids)
+        .exclude(task__state__in=Task.FINAL_STATES)
+        .exists()
+    )
 
 
 def _training_charts(folder: Path) -> list[dict[str, object]]:

@@ -194,7 +194,9 @@ def test_train_from_the_project_page_see_the_platform_map_and_diagnose(page, liv
     page.get_by_role("button", name="Start").click()
     page.get_by_role("heading", name="Outputs").wait_for(timeout=180_000)
     page.get_by_role("link", name="lego-detector v1").click()
-    page.get_by_text("best by the platform").first.wait_for(timeout=180_000)
+    links = page.locator("#stages a[href*='/evaluations/']")  # the platform's mAP, once each stage is evaluated
+    links.first.wait_for(timeout=180_000)
+    until(lambda: links.count() == 3, 60, "every stage's evaluation")
     page.locator("#chart-curve-loss").wait_for()
     page.screenshot(path=str(SHOTS / "model-trained.png"), full_page=True)
 

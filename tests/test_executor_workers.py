@@ -106,5 +106,9 @@ def test_gpu_tasks_wait_for_a_free_gpu(setup):
     for task in tasks:
         _release(task)
     until(lambda: all(_state(t) == "done" for t in tasks), timeout=90, what="all three to finish")
+    # each landed model's stages are then inferred for the platform's evaluation, on GPUs too
+    follow_ups = Task.objects.exclude(pk__in=[t.pk for t in tasks])
+    assert follow_ups.filter(kind=Task.Kind.INFERENCE, gpu_count=1).exists()
+    until(lambda: not Task.objects.exclude(state__in=Task.FINAL_STATES).exists(), timeout=120, what="the follow-ups")
     assert not GpuLease.objects.exists()
     assert Path(task_dir(tasks[0].pk) / "out" / "probe.txt").exists()

@@ -404,6 +404,13 @@ def test_a_models_datasets_are_kept_while_it_lives_and_go_with_the_project(setup
     assert refused.value.code == "in_use"
     folder = model_dir(version.pk)
     assert folder.is_dir()
+    # the platform's evaluation runs of the new model's stages are tasks of the project: deletion waits
+    evaluations = Task.objects.filter(pk__in=task.result["landed"]["stage_evaluations"])
+    assert evaluations.exists()
+    with pytest.raises(Conflict):
+        project_delete(project=setup["project"])
+    for pending in evaluations:
+        jobs.cancel(pending)
     with django_capture_on_commit_callbacks(execute=True):
         project_delete(project=setup["project"])
     assert not ModelVersion.objects.filter(pk=version.pk).exists() and not folder.exists()

@@ -103,8 +103,13 @@ def test_wrong_types_missing_targets_overlap_and_a_foreign_pretrained_model_are_
     assert not Task.objects.filter(kind=Task.Kind.TRAINING).exists()
 
     api = api_as(user)
-    payload = {"image_id": image.pk, "train_version_id": train.pk, "val_version_id": val.pk, "class_names": ["a"]}
-    bad = [
+    payload: dict[str, object] = {
+        "image_id": image.pk,
+        "train_version_id": train.pk,
+        "val_version_id": val.pk,
+        "class_names": ["a"],
+    }
+    bad: list[tuple[dict[str, object], str]] = [
         ({"config": {"epochs": "ten"}}, "invalid_config"),
         ({"config": {"task_id": "x"}}, "invalid_config"),
         ({"class_names": ["zebra"]}, "target_absent"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Iterator
 import time
 
 from _setup import django_on_scratch_database
@@ -26,7 +27,7 @@ def add_predictions(version_id: int, seed: int = 7) -> int:
     gt = list(Box.objects.filter(version_id=version_id).values_list("asset_id", "label_id", "x1", "y1", "x2", "y2"))
     labels = sorted({row[1] for row in gt})
 
-    def rows():
+    def rows() -> Iterator[tuple[object, ...]]:
         for asset, label, x1, y1, x2, y2 in gt:
             if rng.random() < 0.8:
                 j = [rng.gauss(0, 4) for _ in range(4)]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 
 from _setup import django_on_scratch_database
 

@@ -39,10 +39,12 @@ def browse_items(
     kind: str = "",
     after: int = 0,
     limit: int = 48,
+    asset_ids: set[int] | None = None,
 ) -> tuple[list[Any], int | None]:
     """A page of a version's images in id order (keyset: the cost does not grow with the page number).
 
-    kind: "gt" (with ground truth), "pred" (with predictions), "unlabelled" (no ground truth), or "" (all).
+    kind: "gt" (with ground truth), "pred" (with predictions), "unlabelled" (no ground truth), or "" (all);
+    asset_ids: only these images.
     Answers the items (with their assets) and the cursor of the next page, if any.
     """
     from datasets.models import Box, DatasetAsset
@@ -59,7 +61,17 @@ def browse_items(
         items = items.filter(Exists(boxes.filter(prediction_set__isnull=False)))
     elif kind == "unlabelled":
         items = items.exclude(Exists(boxes.filter(prediction_set__isnull=True)))
-    page = list(items.filter(id__gt=after)[: limit + 1])
+    if asset_ids is not None:  # a set computed elsewhere (e.g. images with a missed object): walk the keyset
+        page: list[Any] = []
+        cursor = after
+        while len(page) <= limit:
+            chunk = list(items.filter(id__gt=cursor)[:2000])
+            if not chunk:
+                break
+            page += [item for item in chunk if item.asset_id in asset_ids]
+            cursor = chunk[-1].pk
+    else:
+        page = list(items.filter(id__gt=after)[: limit + 1])
     return page[:limit], (page[limit - 1].pk if len(page) > limit else None)
 
 

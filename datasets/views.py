@@ -32,6 +32,7 @@ from datasets.services import (
 )
 from datasets.store import asset_path
 from datasets.thumbs import thumbnail_path
+from models_app.evaluations import OUTCOMES, assets_with_outcome, box_outcomes
 from projects.selectors import project_for
 
 PAGE_SIZE = 48
@@ -94,6 +95,16 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
     after = request.GET.get("after", "")
     if request.GET.get("random") and version.state == DatasetVersion.State.READY:
         after = str(random_start(version))
+    outcome_view = _outcome_params(request, version)
+    only: set[int] | None = None
+    if outcome_view and outcome_view["outcome"]:
+        only = assets_with_outcome(
+            version,
+            outcome_view["pset"],
+            outcome=outcome_view["outcome"],
+            iou=outcome_view["iou"],
+            score_threshold=outcome_view["score"],
+        )
     page, next_after = browse_items(
         version,
         label_id=int(label_id) if label_id.isdigit() else None,
@@ -101,17 +112,29 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
         kind=kind if kind in ("gt", "pred", "unlabelled") else "",
         after=int(after) if after.isdigit() else 0,
         limit=PAGE_SIZE,
+        asset_ids=only,
     )
     boxes: dict[int, list[Box]] = {}
     layers = request.GET.getlist("layer") or ["gt", "pred"]
     box_query = Box.objects.filter(version=version, asset_id__in=[i.asset_id for i in page]).select_related("label")
+    tags: dict[int, str] = {}
+    if outcome_view:
+        pset = outcome_view["pset"]
+        box_query = box_query.filter(Q(prediction_set__isnull=True) | Q(prediction_set=pset))
+        tags = box_outcomes(
+            version,
+            pset,
+            iou=outcome_view["iou"],
+            score_threshold=outcome_view["score"],
+            only_assets=[i.asset_id for i in page],
+        )
+        box_query = box_query.filter(Q(prediction_set__isnull=True) | Q(pk__in=list(tags)))
     if "gt" not in layers:
         box_query = box_query.exclude(prediction_set__isnull=True)
     if "pred" not in layers:
         box_query = box_query.exclude(prediction_set__isnull=False)
     for box in box_query:
-        box.colour = PALETTE[box.label_id % len(PALETTE)]  # type: ignore[attr-defined]
-        box.w, box.h = box.x2 - box.x1, box.y2 - box.y1  # type: ignore[attr-defined]
+        _decorate(box, tags)
         boxes.setdefault(box.asset_id, []).append(box)
     cards = [{"item": i, "asset": i.asset, "boxes": boxes.get(i.asset_id, [])} for i in page]
     counts = version.class_counts.get("gt", {}) if isinstance(version.class_counts, dict) else {}
@@ -130,6 +153,10 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
         "layers": layers,
         "others": versions_visible_to(_user(request)).filter(state=DatasetVersion.State.READY).exclude(pk=version.pk),
         "all_labels": LabelClass.objects.order_by("name"),
+        "prediction_sets": version.prediction_sets.order_by("-created_at"),
+        "outcome_view": outcome_view,
+        "outcomes": OUTCOMES,
+        "keep": _keep_query(request),
     }
     if getattr(request, "htmx", False) and request.GET.get("fragment") == "state":
         return render(request, "datasets/dataset_detail.html#state", context)
@@ -378,15 +405,73 @@ def dataset_public(request: HttpRequest, dataset_id: int) -> HttpResponse:
 
 @login_required
 def asset_detail(request: HttpRequest, dataset_id: int, asset_id: int) -> HttpResponse:
-    """One image of a version: full size, every box with class, layer, score and tags, and its tags."""
+    """One image of a version: full size, every box with class, layer, score and tags, and its tags. With a
+    prediction set chosen: ground truth and predictions side by side, each box tagged TP / FP / FN / MTP."""
     version = version_visible_to(_user(request), dataset_id)
     item = get_object_or_404(DatasetAsset.objects.select_related("asset"), version=version, asset_id=asset_id)
-    boxes = list(
-        Box.objects.filter(version=version, asset_id=asset_id)
-        .select_related("label")
-        .order_by("prediction_set_id", "id")
-    )
+    query = Box.objects.filter(version=version, asset_id=asset_id).select_related("label")
+    outcome_view = _outcome_params(request, version)
+    tags: dict[int, str] = {}
+    if outcome_view:
+        tags = box_outcomes(
+            version,
+            outcome_view["pset"],
+            iou=outcome_view["iou"],
+            score_threshold=outcome_view["score"],
+            only_assets=[asset_id],
+        )
+        query = query.filter(Q(prediction_set__isnull=True) | Q(pk__in=list(tags)))
+    boxes = list(query.order_by("prediction_set_id", "id"))
     for box in boxes:
-        box.colour = PALETTE[box.label_id % len(PALETTE)]  # type: ignore[attr-defined]
-        box.w, box.h = box.x2 - box.x1, box.y2 - box.y1  # type: ignore[attr-defined]
-    return render(request, "datasets/asset_detail.html", {"version": version, "item": item, "boxes": boxes})
+        _decorate(box, tags)
+    context = {
+        "version": version,
+        "item": item,
+        "boxes": boxes,
+        "gt_boxes": [b for b in boxes if b.prediction_set_id is None],
+        "pred_boxes": [b for b in boxes if b.prediction_set_id is not None],
+        "prediction_sets": version.prediction_sets.order_by("-created_at"),
+        "outcome_view": outcome_view,
+        "counts": {k: list(tags.values()).count(k) for k in OUTCOMES},
+    }
+    return render(request, "datasets/asset_detail.html", context)
+
+
+OUTCOME_COLOURS = {"TP": "#2e9e44", "MTP": "#2e9e44", "FP": "#d62828", "FN": "#f08c00"}
+
+
+def _decorate(box: Box, tags: dict[int, str]) -> None:
+    box.outcome = tags.get(box.pk, "")  # type: ignore[attr-defined]
+    box.colour = OUTCOME_COLOURS.get(box.outcome) or PALETTE[box.label_id % len(PALETTE)]  # type: ignore[attr-defined]
+    box.w, box.h = box.x2 - box.x1, box.y2 - box.y1  # type: ignore[attr-defined]
+
+
+def _outcome_params(request: HttpRequest, version: DatasetVersion) -> dict[str, Any] | None:
+    """?pset=&iou=&score=&outcome=: a prediction set of this version to tag boxes with, or None."""
+    raw = request.GET.get("pset", "")
+    pset = version.prediction_sets.filter(pk=int(raw)).first() if raw.isdigit() else None
+    if pset is None:
+        return None
+
+    def number(name: str, default: float, low: float, high: float) -> float:
+        try:
+            value = float(request.GET.get(name, default))
+        except ValueError:
+            return default
+        return value if low <= value <= high else default
+
+    outcome = request.GET.get("outcome", "")
+    return {
+        "pset": pset,
+        "iou": number("iou", 0.5, 0.05, 0.95),
+        "score": number("score", 0.3, 0.0, 1.0),
+        "outcome": outcome if outcome in OUTCOMES else "",
+    }
+
+
+def _keep_query(request: HttpRequest) -> str:
+    """The browse filters, for the next-page link."""
+    query = request.GET.copy()
+    for key in ("after", "random", "fragment"):
+        query.pop(key, None)
+    return query.urlencode()

@@ -67,17 +67,24 @@ def parse_max_dets(value: list[int] | None) -> list[int]:
     return values
 
 
-def load_version(version: DatasetVersion, extra_class_ids: list[int] | None = None) -> Loaded:
-    asset_ids = np.array(
-        DatasetAsset.objects.filter(version=version).order_by("id").values_list("asset_id", flat=True), dtype=np.int64
-    )
-    rows = list(
-        Box.objects.filter(version=version, prediction_set__isnull=True)
-        .order_by("id")
-        .values_list("id", "asset_id", "label_id", "x1", "y1", "x2", "y2")
-    )
+def load_version(
+    version: DatasetVersion, extra_class_ids: list[int] | None = None, only_assets: list[int] | None = None
+) -> Loaded:
+    """The version's ground truth (of ``only_assets`` when given; the classes are still the whole version's)."""
+    items = DatasetAsset.objects.filter(version=version)
+    gt_rows = Box.objects.filter(version=version, prediction_set__isnull=True)
+    if only_assets is not None:
+        items = items.filter(asset_id__in=only_assets)
+        gt_rows = gt_rows.filter(asset_id__in=only_assets)
+    asset_ids = np.array(items.order_by("id").values_list("asset_id", flat=True), dtype=np.int64)
+    rows = list(gt_rows.order_by("id").values_list("id", "asset_id", "label_id", "x1", "y1", "x2", "y2"))
     arr = np.array(rows, dtype=np.float64).reshape(-1, 7)
-    wanted = set(arr[:, 2].astype(np.int64).tolist()) | set(extra_class_ids or [])
+    if only_assets is None:
+        wanted = set(arr[:, 2].astype(np.int64).tolist())
+    else:
+        all_gt = Box.objects.filter(version=version, prediction_set__isnull=True)
+        wanted = set(all_gt.values_list("label_id", flat=True).distinct())
+    wanted |= set(extra_class_ids or [])
     names = dict(LabelClass.objects.filter(pk__in=wanted).values_list("id", "name"))
     class_ids = sorted(wanted, key=lambda c: (names[c].lower(), c))  # shown by name
     gt = _boxes(arr[:, 1:], asset_ids, class_ids, None)
@@ -91,6 +98,8 @@ def _boxes(arr: np.ndarray, asset_ids: np.ndarray, class_ids: list[int], scores:
     image = order[np.minimum(pos, len(order) - 1)] if len(order) else np.zeros(len(arr), dtype=np.int64)
     lookup = {c: i for i, c in enumerate(class_ids)}
     label = np.array([lookup.get(int(c), -1) for c in arr[:, 1]], dtype=np.int64)
+    if len(arr) and len(asset_ids):  # a box of an image outside the set read is ignored
+        label = np.where(asset_ids[image] == arr[:, 0].astype(np.int64), label, -1)
     xywh = np.stack([arr[:, 2], arr[:, 3], arr[:, 4] - arr[:, 2], arr[:, 5] - arr[:, 3]], axis=1)
     return evaluator.Boxes(image, label, xywh, scores)
 
@@ -98,11 +107,10 @@ def _boxes(arr: np.ndarray, asset_ids: np.ndarray, class_ids: list[int], scores:
 def load_predictions(
     loaded: Loaded, prediction_set: PredictionSet, score_threshold: float
 ) -> tuple[evaluator.Boxes, np.ndarray]:
-    rows = list(
-        Box.objects.filter(prediction_set=prediction_set, score__gte=score_threshold)
-        .order_by("id")
-        .values_list("id", "asset_id", "label_id", "x1", "y1", "x2", "y2", "score")
-    )
+    boxes = Box.objects.filter(prediction_set=prediction_set, score__gte=score_threshold)
+    if len(loaded.asset_ids) < 1000:  # one image or a page of them: read only theirs
+        boxes = boxes.filter(asset_id__in=loaded.asset_ids.tolist())
+    rows = list(boxes.order_by("id").values_list("id", "asset_id", "label_id", "x1", "y1", "x2", "y2", "score"))
     arr = np.array(rows, dtype=np.float64).reshape(-1, 8)
     return _boxes(arr[:, 1:7], loaded.asset_ids, loaded.class_ids, arr[:, 7]), arr[:, 0].astype(np.int64)
 
@@ -265,13 +273,45 @@ def _confusion(loaded: Loaded, dt: evaluator.Boxes, ev: evaluator.Evaluation, t0
     return out.tolist()
 
 
+OUTCOMES = ("TP", "FP", "FN", "MTP")
+
+
 def box_outcomes(
-    version: DatasetVersion, prediction_set: PredictionSet, *, iou: float, score_threshold: float
+    version: DatasetVersion,
+    prediction_set: PredictionSet,
+    *,
+    iou: float,
+    score_threshold: float,
+    only_assets: list[int] | None = None,
 ) -> dict[int, str]:
     """Box id → "TP" / "FP" (predictions at or above the score threshold) or "MTP" / "FN" (ground truth), at one
     IoU threshold, every prediction considered (no per-image cap). Predictions of classes absent from the
-    ground truth are left out (ignored), as in the evaluation."""
-    loaded = load_version(version)
+    ground truth are left out (ignored), as in the evaluation. Matching is per image, so ``only_assets``
+    (one image, a page) gives the same tags as the whole version."""
+    return {
+        box_id: tag for box_id, _asset, tag in _outcomes(version, prediction_set, iou, score_threshold, only_assets)
+    }
+
+
+def assets_with_outcome(
+    version: DatasetVersion, prediction_set: PredictionSet, *, outcome: str, iou: float, score_threshold: float
+) -> set[int]:
+    """The images with at least one box of this outcome (e.g. every image with a missed object, FN)."""
+    return {
+        asset for _box, asset, tag in _outcomes(version, prediction_set, iou, score_threshold, None) if tag == outcome
+    }
+
+
+def _outcomes(
+    version: DatasetVersion,
+    prediction_set: PredictionSet,
+    iou: float,
+    score_threshold: float,
+    only_assets: list[int] | None,
+) -> list[tuple[int, int, str]]:
+    loaded = load_version(version, only_assets=only_assets)
+    if only_assets is not None and len(loaded.asset_ids) >= 1000:
+        raise Invalid(_("Too many images at once."), code="too_many")
     dt, dt_ids = load_predictions(loaded, prediction_set, score_threshold)
     matching = evaluator.match(
         loaded.gt,
@@ -281,11 +321,16 @@ def box_outcomes(
         area_ranges=[evaluator.AREAS["all"]],
         max_det=max(1, len(dt)),
     )
-    out: dict[int, str] = {}
-    for box_id, gt_index in zip(dt_ids[matching.dt_kept].tolist(), matching.dt_gt[0, 0].tolist(), strict=True):
-        out[box_id] = "TP" if gt_index >= 0 else "FP"
-    for box_id, hit in zip(loaded.gt_box_ids.tolist(), matching.gt_matched[0, 0].tolist(), strict=True):
-        out[box_id] = "MTP" if hit else "FN"
+    out: list[tuple[int, int, str]] = []
+    kept = matching.dt_kept
+    dt_assets = loaded.asset_ids[dt.image[kept]].tolist() if len(loaded.asset_ids) else []
+    for box_id, asset, gt_index in zip(dt_ids[kept].tolist(), dt_assets, matching.dt_gt[0, 0].tolist(), strict=True):
+        out.append((box_id, asset, "TP" if gt_index >= 0 else "FP"))
+    gt_assets = loaded.asset_ids[loaded.gt.image].tolist() if len(loaded.asset_ids) else []
+    for box_id, asset, hit in zip(
+        loaded.gt_box_ids.tolist(), gt_assets, matching.gt_matched[0, 0].tolist(), strict=True
+    ):
+        out.append((box_id, asset, "MTP" if hit else "FN"))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -108,6 +109,71 @@ def task_retry(request: HttpRequest, task_id: int) -> HttpResponse:
 # --- models ------------------------------------------------------------------------------------------
 
 
+def _onnx_stages(version: ModelVersion, stages: list[ModelStage]) -> list[tuple[ModelStage, Path]]:
+    folder = landing.model_dir(version.pk)
+    found = []
+    for stage in stages:
+        onnx = [f for f in stage.files if f.endswith(".onnx")]
+        if onnx and (folder / onnx[0]).is_file():
+            found.append((stage, folder / onnx[0]))
+    return found
+
+
+def _try_model(request: HttpRequest, version: ModelVersion, stages: list[ModelStage]) -> dict[str, object]:
+    """Try a stage on one uploaded image or URL (fetched under the dataset URL rules), through onnxruntime."""
+    import base64
+    import io
+
+    from core.netguard import UrlRefused, fetch
+    from models_app.onnx_predict import PredictError, decode_image, predict
+
+    usable = {s.pk: path for s, path in _onnx_stages(version, stages)}
+    raw_stage = request.POST.get("stage", "")
+    path = usable.get(int(raw_stage)) if raw_stage.isdigit() else None
+    try:
+        threshold = float(request.POST.get("score_threshold", "0.25"))
+    except ValueError:
+        threshold = -1.0
+    upload = request.FILES.get("image")
+    url = request.POST.get("url", "").strip()
+    if path is None:
+        return {"error": _("Choose a stage that has an ONNX graph.")}
+    if not 0 <= threshold <= 1:
+        return {"error": _("The score threshold must be between 0 and 1.")}
+    if bool(upload) == bool(url):
+        return {"error": _("Give either an image file or an image URL.")}
+    limit = settings.YMIR_TRY_MAX_BYTES
+    try:
+        if upload is not None:
+            if upload.size is not None and upload.size > limit:
+                return {"error": _("The image is larger than %(n)s bytes.") % {"n": limit}}
+            data = upload.read()
+        else:
+            data = b"".join(fetch(url, max_bytes=limit, timeout=20))
+        image = decode_image(data)
+        (boxes,), seconds = predict(path, [image], score_threshold=threshold)
+    except UrlRefused as exc:
+        return {"error": str(exc)}
+    except PredictError as exc:
+        return {"error": str(exc)}
+    shown = image.copy()
+    shown.thumbnail((1024, 1024))
+    factor = shown.width / image.width
+    buffer = io.BytesIO()
+    shown.save(buffer, format="JPEG", quality=85)
+    for box in boxes:
+        box.update(sx=box["x1"] * factor, sy=box["y1"] * factor)
+        box.update(sw=(box["x2"] - box["x1"]) * factor, sh=(box["y2"] - box["y1"]) * factor)
+    return {
+        "boxes": boxes,
+        "milliseconds": round(seconds * 1000, 1),
+        "width": shown.width,
+        "height": shown.height,
+        "data_url": "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(),
+        "stage": next(s for s in stages if s.pk == int(raw_stage)),
+    }
+
+
 @login_required
 def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
     version = get_object_or_404(
@@ -126,6 +192,8 @@ def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
         "others": version.group.versions.exclude(pk=version.pk),
         "charts": _training_charts(landing.model_dir(version.pk) / "tensorboard"),
         "evaluating": _stages_evaluating(version, stages),
+        "onnx_stages": [s for s, _p in _onnx_stages(version, stages)],
+        "tried": _try_model(request, version, stages) if request.method == "POST" else None,
     }
     return render(request, "models_app/model_detail.html", context)
 

@@ -212,3 +212,12 @@ def test_train_from_the_project_page_see_the_platform_map_and_diagnose(page, liv
     page.screenshot(path=str(SHOTS / "diagnosis.png"), full_page=True)
     evaluation = Evaluation.objects.filter(version=val).latest("id")
     assert len(evaluation.result["sets"]) == 2 and len(evaluation.result["comparison"]) == 1
+
+    # the validation images with a missed object, boxes coloured by outcome; one of them side by side
+    pset = evaluation.prediction_sets.order_by("id")[0]
+    page.goto(f"{live_server.url}/datasets/{val.pk}/?pset={pset.pk}&outcome=FN&score=0.05")
+    page.locator("rect.outcome-FN").first.wait_for()
+    page.screenshot(path=str(SHOTS / "dataset-outcomes.png"), full_page=True)
+    page.locator("figure.asset a").first.click()
+    page.get_by_role("heading", name="Ground truth").wait_for()
+    page.screenshot(path=str(SHOTS / "asset-outcomes.png"), full_page=True)

@@ -3,6 +3,8 @@ boxes), TP/FP/FN/MTP tags that add up, model-vs-model confidence intervals, the 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -228,3 +230,32 @@ def test_the_diagnosis_page_shows_stored_results_with_charts(tmp_path, workspace
     assert f"{ap50:.3f}" in page
     assert 'id="chart-pr-' in page and 'id="chart-ap"' in page and "cat" in page
     assert logged_in(UserFactory()).get(f"/evaluations/{evaluation.pk}/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_browser_filters_images_by_outcome_and_the_image_page_shows_both_sides(tmp_path, workspace):
+    user = UserFactory()
+    version, _gt, _pred = synthetic(user, tmp_path, images=30, seed=7)
+    pset = PredictionSet.objects.get(version=version)
+    tags = box_outcomes(version, pset, iou=0.5, score_threshold=0.3)
+    boxes = Box.objects.in_bulk(list(tags))
+    with_fn = {boxes[b].asset_id for b, tag in tags.items() if tag == "FN"}
+    assert 0 < len(with_fn) < 30
+    client = logged_in(user)
+    page = client.get(f"/datasets/{version.pk}/", {"pset": pset.pk, "outcome": "FN", "iou": 0.5, "score": 0.3})
+    html = page.content.decode()
+    shown = {int(a) for a in re.findall(rf"/datasets/{version.pk}/assets/(\d+)\?", html)}
+    assert shown == with_fn
+    assert "outcome-FN" in html and "outcome-TP" in html
+
+    # one image: the same tags as for the whole version (matching is per image), ground truth beside predictions
+    asset = sorted(with_fn)[0]
+    html = client.get(f"/datasets/{version.pk}/assets/{asset}", {"pset": pset.pk}).content.decode()
+    mine = {b: t for b, t in tags.items() if boxes[b].asset_id == asset}
+    assert f"FN {sum(t == 'FN' for t in mine.values())}" in html
+    assert html.count("<svg") == 2
+    # a prediction set of another dataset is not taken
+    other, _g, _p = synthetic(user, tmp_path, images=3, seed=8)
+    stray = PredictionSet.objects.get(version=other)
+    html = client.get(f"/datasets/{version.pk}/assets/{asset}", {"pset": stray.pk}).content.decode()
+    assert html.count("<svg") == 1

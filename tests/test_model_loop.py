@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 
+from datasets.demo import make_image
 from datasets.models import Box, DatasetVersion, PredictionSet
 from datasets.services import demo_classes_ensure, demo_import_start
 from models_app import landing
@@ -98,6 +100,26 @@ def test_train_evaluate_mine_infer_and_diagnose(worker, workspace, tmp_path):
     assert 0 < sum(map(len, read_scalars(torn).values())) < sum(map(len, full.values()))
     (torn / "events.out.tfevents.1").write_bytes(b"\xff" * 100)
     assert read_scalars(torn) == {}
+
+    # try the model on one image (the same onnxruntime path as deployment), and what it refuses
+    client = logged_in(user)
+    data, _boxes = make_image(5, 0, 320, 240)
+    url = f"/models/{model.pk}/"
+    tried = client.post(url, {"stage": best.pk, "score_threshold": 0.0, "image": SimpleUploadedFile("a.jpg", data)})
+    html = tried.content.decode()
+    assert "data:image/jpeg;base64," in html and re.search(r"\d+ boxes? from stage best in [\d.]+ ms", html)
+    refusals = [
+        ({"stage": best.pk, "score_threshold": 0.3}, "Give either an image file or an image URL."),
+        (
+            {"stage": best.pk, "score_threshold": 0.3, "url": "http://127.0.0.1:5432/x.jpg"},
+            "a loopback, link-local or private address",
+        ),
+        ({"stage": best.pk, "score_threshold": 2}, "between 0 and 1"),
+        ({"stage": best.pk, "image": SimpleUploadedFile("x.jpg", b"not an image")}, "not an image"),
+    ]
+    for payload, message in refusals:
+        html = client.post(url, payload).content.decode()
+        assert message in html, (payload, html[-3000:])
 
     # mining: the 5 best of 16 pool images, with pre-annotations, as a new dataset
     response = api.post(

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import tempfile
 from datetime import datetime
 
 from django.http import FileResponse, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext as _
-from ninja import Router, Schema
+from ninja import File, Form, Router, Schema, UploadedFile
 
 from core.errors import Conflict, Invalid, NotFound
 from core.models import User
@@ -18,6 +19,7 @@ from models_app.evaluations import evaluation_create
 from models_app.executors import image_add
 from models_app.jobs import cancel, queue_position
 from models_app.models import Evaluation, ExecutorImage, ModelStage, ModelVersion, Task
+from models_app.packages import class_list, export_package, import_package
 from models_app.selectors import evaluation_visible_to, images_usable_by, model_visible_to, stages_of
 from models_app.taskdir import task_dir
 from models_app.training import inference_start, mining_start, training_start
@@ -354,3 +356,38 @@ def inference_post(request: HttpRequest, body: InferenceIn) -> tuple[int, list[T
     return 202, inference_start(
         user=user, stages=stages, versions=versions, gpu_count=body.gpu_count, config=body.config
     )
+
+
+@router.post("/projects/{project_id}/models", response={201: ModelOut}, tags=["models"])
+def model_import_post(
+    request: HttpRequest,
+    project_id: int,
+    package: File[UploadedFile],
+    name: Form[str] = "",
+    image_id: Form[int | None] = None,
+    class_names: Form[str] = "",
+) -> tuple[int, ModelVersion]:
+    """Import a model: YMIR's package (tar.gz with ymir-info.yaml) or an ONNX graph (classes from its metadata,
+    or ``class_names``, one per line or a JSON list)."""
+    user: User = request.user  # type: ignore[assignment]
+    project = _project_of(request, project_id)
+    version = import_package(
+        project=project,
+        upload=package,
+        filename=package.name or "",
+        name=name,
+        image=_image(image_id, user) if image_id else None,
+        class_names=class_list(class_names),
+    )
+    return 201, model_visible_to(user, version.pk)
+
+
+@router.get("/models/{model_id}/package", tags=["models"])
+def model_package_get(request: HttpRequest, model_id: int) -> FileResponse:
+    """The model as YMIR's package (tar.gz with ymir-info.yaml and one folder per stage)."""
+    version = model_visible_to(request.user, model_id)  # type: ignore[arg-type]
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 (FileResponse closes it once sent)
+    export_package(version, spool)
+    spool.seek(0)
+    name = f"{version.group.name}-v{version.number}.tar.gz"
+    return FileResponse(spool, as_attachment=True, filename=name, content_type="application/gzip")

@@ -3,22 +3,24 @@ chosen image changes (its hyper-parameters) and polls an evaluation while it run
 
 from __future__ import annotations
 
+import tempfile
 from datetime import timedelta
 from typing import Any
 
 from django import forms as django_forms
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 
 from core.errors import ServiceError
 from core.models import User
 from datasets.models import DatasetVersion, PredictionSet
 from datasets.selectors import version_visible_to, versions_visible_to
-from models_app import evaluations, training
+from models_app import evaluations, packages, training
 from models_app.forms import (
     EvaluationForm,
     InferenceForm,
@@ -29,7 +31,7 @@ from models_app.forms import (
     config_values,
 )
 from models_app.models import ExecutorImage, GpuLease, WorkerHost
-from models_app.selectors import evaluation_visible_to, evaluations_of, images_usable_by, stages_of
+from models_app.selectors import evaluation_visible_to, evaluations_of, images_usable_by, model_visible_to, stages_of
 from projects.models import Project
 
 
@@ -354,3 +356,54 @@ def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
         "confusions": confusions,
     }
     return render(request, "models_app/evaluation_detail.html", context)
+
+
+# --- model packages ------------------------------------------------------------------------------------
+
+
+class ModelImportForm(django_forms.Form):
+    package = django_forms.FileField(label=_lazy("Model package (.tar.gz) or ONNX graph (.onnx)"))
+    name = django_forms.CharField(label=_lazy("Model name"), max_length=100, required=False)
+    image = django_forms.ModelChoiceField(
+        queryset=ExecutorImage.objects.none(), required=False, label=_lazy("Executor image it was trained with")
+    )
+    class_names = django_forms.CharField(
+        label=_lazy("Classes (ONNX without class metadata: one per line)"),
+        required=False,
+        widget=django_forms.Textarea(attrs={"rows": 3}),
+    )
+
+
+@login_required
+def model_import(request: HttpRequest, project_id: int) -> HttpResponse:
+    user = _user(request)
+    project = get_object_or_404(Project, pk=project_id, owner=user)
+    form = ModelImportForm(request.POST or None, request.FILES or None)
+    form.fields["image"].queryset = images_usable_by(user)  # type: ignore[attr-defined]
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["package"]
+        try:
+            version = packages.import_package(
+                project=project,
+                upload=upload,
+                filename=upload.name or "",
+                name=form.cleaned_data["name"],
+                image=form.cleaned_data["image"],
+                class_names=packages.class_list(form.cleaned_data["class_names"]),
+            )
+        except ServiceError as exc:
+            form.add_error(None, exc.message)
+        else:
+            return redirect("model_detail", version.pk)
+    return render(request, "models_app/model_import.html", {"form": form, "project": project})
+
+
+@login_required
+def model_export(request: HttpRequest, model_id: int) -> FileResponse:
+    """The model as YMIR's package (tar.gz), built in a temporary file and streamed."""
+    version = model_visible_to(_user(request), model_id)
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 (FileResponse closes it once sent)
+    packages.export_package(version, spool)
+    spool.seek(0)
+    name = f"{version.group.name}-v{version.number}.tar.gz"
+    return FileResponse(spool, as_attachment=True, filename=name, content_type="application/gzip")

@@ -30,7 +30,11 @@ _sessions: OrderedDict[tuple[str, float], Loaded] = OrderedDict()
 
 
 class PredictError(Exception):
-    """The image or the model cannot be used; the message says why."""
+    """The image or the model cannot be used; the message says why (``code``: unloadable, convention, image)."""
+
+    def __init__(self, message: str, code: str = "convention") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -54,7 +58,7 @@ def load(path: Path) -> Loaded:
     try:
         session = ort.InferenceSession(str(path), providers=providers)
     except Exception as exc:  # onnxruntime raises its own types for bad graphs
-        raise PredictError(f"cannot load {path.name}: {exc}") from None
+        raise PredictError(f"cannot load {path.name}: {exc}", "unloadable") from None
     meta = session.get_modelmeta().custom_metadata_map
     try:
         names = [str(n) for n in json.loads(meta["class_names"])]
@@ -76,10 +80,10 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as opened:
             if opened.width * opened.height > MAX_PIXELS:
-                raise PredictError(f"the image is too large ({opened.width}x{opened.height})")
+                raise PredictError(f"the image is too large ({opened.width}x{opened.height})", "image")
             return opened.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PredictError(f"not an image: {exc}") from None
+        raise PredictError(f"not an image: {exc}", "image") from None
 
 
 def predict(

@@ -85,6 +85,10 @@ class ApiClient:
     def post(self, path: str, data=None):
         return self.client.post(path, data=data or {}, content_type="application/json", headers=self._headers())
 
+    def post_multipart(self, path: str, data: dict):
+        """A form with files (the test client encodes it as multipart)."""
+        return self.client.post(path, data=data, headers=self._headers())
+
     def patch(self, path: str, data=None):
         return self.client.patch(path, data=data or {}, content_type="application/json", headers=self._headers())
 

@@ -160,6 +160,8 @@ def _login(page, live_server, user) -> None:
 def test_train_from_the_project_page_see_the_platform_map_and_diagnose(page, live_server, worker, trainer):
     """The default detector through a real worker: the training form, the live task, the model page with the
     platform's mAP per stage and the training curves, then a diagnosis comparing two stages."""
+    from django.db.models import Count
+
     from datasets.models import DatasetVersion
     from datasets.services import demo_classes_ensure, demo_import_start
     from models_app.executors import detector_register
@@ -201,7 +203,9 @@ def test_train_from_the_project_page_see_the_platform_map_and_diagnose(page, liv
     page.screenshot(path=str(SHOTS / "model-trained.png"), full_page=True)
 
     page.get_by_role("link", name="Diagnosis").click()
-    page.get_by_label("Test dataset").select_option(label=f"lego-val v1 (10 · {val.gt_box_count})")
+    # choosing the dataset reloads the form (htmx) with its prediction sets: tick them once it has
+    with page.expect_response(lambda r: "/evaluations/" in r.url and r.request.method == "POST"):
+        page.get_by_label("Test dataset").select_option(label=f"lego-val v1 (10 · {val.gt_box_count})")
     boxes = page.locator("input[name=prediction_sets]")
     boxes.first.wait_for()
     for i in range(min(2, boxes.count())):
@@ -210,7 +214,7 @@ def test_train_from_the_project_page_see_the_platform_map_and_diagnose(page, liv
     page.get_by_role("heading", name="Summary").wait_for(timeout=60_000)
     page.locator("#chart-ap").wait_for()
     page.screenshot(path=str(SHOTS / "diagnosis.png"), full_page=True)
-    evaluation = Evaluation.objects.filter(version=val).latest("id")
+    evaluation = Evaluation.objects.annotate(sets=Count("prediction_sets")).get(version=val, sets=2)
     assert len(evaluation.result["sets"]) == 2 and len(evaluation.result["comparison"]) == 1
 
     # the validation images with a missed object, boxes coloured by outcome; one of them side by side

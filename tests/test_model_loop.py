@@ -121,6 +121,27 @@ def test_train_evaluate_mine_infer_and_diagnose(worker, workspace, tmp_path):
         html = client.post(url, payload).content.decode()
         assert message in html, (payload, html[-3000:])
 
+    # the trained model as YMIR's package into another project, and its ONNX graph alone (classes from metadata)
+    package = b"".join(api.get(f"/api/v1/models/{model.pk}/package").streaming_content)
+    elsewhere = ProjectFactory(owner=user)
+    response = api.post_multipart(
+        f"/api/v1/projects/{elsewhere.pk}/models", {"package": SimpleUploadedFile("lego.tar.gz", package)}
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["class_names"] == model.class_names and len(response.json()["stages"]) == len(stages)
+    onnx = (landing.model_dir(model.pk) / next(f for f in best.files if f.endswith(".onnx"))).read_bytes()
+    response = api.post_multipart(
+        f"/api/v1/projects/{elsewhere.pk}/models", {"package": SimpleUploadedFile("best.onnx", onnx), "name": "graph"}
+    )
+    assert response.status_code == 201, response.content
+    graph = response.json()
+    assert graph["class_names"] == model.class_names and graph["stages"][0]["name"] == "default"
+    tried = client.post(
+        f"/models/{graph['id']}/",
+        {"stage": graph["stages"][0]["id"], "score_threshold": 0.0, "image": SimpleUploadedFile("a.jpg", data)},
+    )
+    assert re.search(r"\d+ boxes? from stage default", tried.content.decode())
+
     # mining: the 5 best of 16 pool images, with pre-annotations, as a new dataset
     response = api.post(
         f"/api/v1/projects/{project.pk}/minings",

@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.translation import gettext as _
 
 # Paths whose views stream large uploads to disk (dataset and model packages) get the upload limit.
-UPLOAD_PATH_SUFFIXES = ("/datasets", "/datasets/import", "/models/import", "/upload")
+UPLOAD_PATH_SUFFIXES = ("/datasets", "/datasets/import", "/models", "/models/import", "/upload")
 
 
 class RequestSizeLimitMiddleware:

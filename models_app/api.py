@@ -312,6 +312,8 @@ class MiningIn(Schema):
     also_infer: bool = False
     exclude_labelled: bool = False
     exclude_mined: bool = False
+    class_balance: bool = False
+    diversity: bool = False
     gpu_count: int = 0
     config: dict = {}
     output_name: str = ""
@@ -333,6 +335,8 @@ def mining_post(request: HttpRequest, project_id: int, body: MiningIn) -> tuple[
         also_infer=body.also_infer,
         exclude_labelled=body.exclude_labelled,
         exclude_mined=body.exclude_mined,
+        class_balance=body.class_balance,
+        diversity=body.diversity,
         gpu_count=body.gpu_count,
         config=body.config,
         output_name=body.output_name,

@@ -102,6 +102,10 @@ class MiningForm(forms.Form):
     exclude_mined = forms.BooleanField(
         label=gettext_lazy("Skip images already mined in this project"), required=False, initial=True
     )
+    class_balance = forms.BooleanField(
+        label=gettext_lazy("Favour images of classes rare in the training set (needs pre-annotations)"), required=False
+    )
+    diversity = forms.BooleanField(label=gettext_lazy("Skip near-duplicate images"), required=False, initial=True)
     gpu_count = forms.IntegerField(label=gettext_lazy("GPUs"), min_value=0, max_value=64, initial=0)
 
 

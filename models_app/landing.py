@@ -18,7 +18,7 @@ from datasets.classes import resolve_keywords
 from datasets.importer import version_finish
 from datasets.models import Asset, Box, DatasetAsset, DatasetGroup, DatasetVersion, PredictionSet
 from datasets.operations import copy_selected
-from models_app import taskdir
+from models_app import mining, taskdir
 from models_app.models import ModelGroup, ModelStage, ModelVersion, Task
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,12 @@ def _land_mined(
     source_id = int(params["candidates"])
     scores = _without_excluded(task, scores)
     top_k = int(params.get("top_k") or 0) or len(scores)
+    if params.get("class_balance") and predictions:
+        stage = ModelStage.objects.select_related("version").filter(pk=params.get("model_stage")).first()
+        scores = mining.class_balanced(scores, predictions, stage.version.train_version_id if stage else None)
+    near_duplicates = 0
+    if params.get("diversity"):
+        scores, near_duplicates = mining.diverse(scores, top_k)
     chosen = dict(scores[:top_k])
     ids = dict(Asset.objects.filter(sha1__in=list(chosen)).values_list("sha1", "id"))
     name = _free_group_name(task.project_id, str(params.get("output_name") or "").strip() or f"mined-{task.pk}")
@@ -153,6 +159,8 @@ def _land_mined(
         "scored": 0 if params.get("skip_scoring") else len(scores),
         "top_k": top_k,
         "excluded": params.get("excluded", 0),
+        "near_duplicates_skipped": near_duplicates,
+        "class_balance": bool(params.get("class_balance") and predictions),
     }
     if predictions is not None:
         pset, report["skipped_boxes"] = _land_predictions(

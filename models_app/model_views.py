@@ -197,6 +197,8 @@ def mining_new(request: HttpRequest, project_id: int) -> HttpResponse:
                 also_infer=d["also_infer"],
                 exclude_labelled=d["exclude_labelled"],
                 exclude_mined=d["exclude_mined"],
+                class_balance=d["class_balance"],
+                diversity=d["diversity"],
                 gpu_count=d["gpu_count"],
                 config=config_values(form),
                 output_name=d["output_name"],

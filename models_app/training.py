@@ -234,6 +234,8 @@ def mining_start(
     also_infer: bool = False,
     exclude_labelled: bool = False,
     exclude_mined: bool = False,
+    class_balance: bool = False,
+    diversity: bool = False,
     gpu_count: int = 0,
     config: dict[str, Any] | None = None,
     output_name: str = "",
@@ -243,6 +245,8 @@ def mining_start(
         raise Invalid(_("This executor cannot mine."), code="unsupported_task_type")
     if top_k is None or top_k < 1:
         raise Invalid(_("Top-k must be a positive number of images, for mining."), code="invalid_top_k")
+    if class_balance and not also_infer:
+        raise Invalid(_("Class balance needs the predictions: also produce pre-annotations."), code="needs_predictions")
     user_config = coerce_config(editable_template(image, "mining"), config or {})
     skip_scoring = top_k >= candidates.asset_count
     with transaction.atomic():
@@ -259,7 +263,13 @@ def mining_start(
             gpu_count=gpu_count,
             user_config=user_config,
             output_name=output_name,
-            extra={"exclude_labelled": exclude_labelled, "exclude_mined": exclude_mined, "skip_scoring": skip_scoring},
+            extra={
+                "exclude_labelled": exclude_labelled,
+                "exclude_mined": exclude_mined,
+                "skip_scoring": skip_scoring,
+                "class_balance": class_balance,
+                "diversity": diversity,
+            },
             launch=not (skip_scoring and not also_infer),
         )
         if skip_scoring and not also_infer:  # YMIR's rule: top-k covering the pool needs no scoring

@@ -172,6 +172,17 @@ def test_mining_with_top_k_covering_the_pool_needs_no_run(setup):
     mined = DatasetVersion.objects.get(pk=task.result["landed"]["dataset_version"])
     assert mined.asset_count == val.asset_count and mined.state == "ready"
     assert mined.report["scored"] == 0
+    refused = api_as(user).post(
+        f"/api/v1/projects/{project.pk}/minings",
+        {
+            "image_id": image.pk,
+            "candidates_version_id": val.pk,
+            "stage_id": stage.pk,
+            "top_k": 1,
+            "class_balance": True,
+        },
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "needs_predictions"
 
 
 def test_mining_excludes_already_labelled_images_when_asked(setup):
@@ -211,3 +222,40 @@ def test_inference_needs_an_image_that_infers_and_makes_one_task_per_pair(setup)
         == 404
     )
     assert not PredictionSet.objects.exists()
+
+
+def test_diversity_skips_near_duplicates_and_class_balance_lifts_rare_classes(setup, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from datasets.demo import make_image
+    from datasets.models import Asset
+    from models_app import mining
+
+    user, project, train, _val, _img = setup
+    originals = [make_image(11, i, 160, 120)[0] for i in range(3)]
+    with Image.open(io.BytesIO(originals[0])) as first:
+        again = io.BytesIO()
+        first.save(again, format="JPEG", quality=60)  # other bytes, the same picture
+    files = {f"images/{i}.jpg": data for i, data in enumerate([*originals, again.getvalue()])}
+    pool = import_now(user, project, name="pool", upload=make_zip(tmp_path / "pool.zip", files))
+    sha1 = dict(Asset.objects.filter(pk__in=pool.items.values("asset_id")).values_list("size_bytes", "sha1"))
+    by_name = [sha1[len(data)] for data in [*originals, again.getvalue()]]
+    scores = [(by_name[0], 0.9), (by_name[3], 0.8), (by_name[1], 0.7), (by_name[2], 0.6)]
+    taken, skipped = mining.diverse(scores, top_k=3)
+    assert [s for s, _ in taken] == [by_name[0], by_name[1], by_name[2]] and skipped == 1
+
+    # the training set has 4 boxes of "a" and 4 of "b" (small_datasets): make "b" rare by counting a larger set
+    from datasets.models import Box
+
+    Box.objects.filter(version=train, label__name="b").exclude(
+        pk=Box.objects.filter(version=train, label__name="b").order_by("id").first().pk  # type: ignore[union-attr]
+    ).delete()
+    predictions = {
+        by_name[0]: [{"class_name": "a", "score": 0.9}],
+        by_name[1]: [{"class_name": "b", "score": 0.9}],
+    }
+    ranked = mining.class_balanced([(by_name[0], 0.5), (by_name[1], 0.4)], predictions, train.pk)
+    assert [s for s, _ in ranked] == [by_name[1], by_name[0]]
+    assert ranked[0][1] == pytest.approx(0.4 * 2)  # sqrt(4 boxes of a / 1 of b)

@@ -259,5 +259,5 @@ YMIR_DETECTOR_PYTHON = env_str("YMIR_DETECTOR_PYTHON") or (
     str(_DETECTOR_VENV_PYTHON) if _DETECTOR_VENV_PYTHON.exists() else ""
 )
 YMIR_MODEL_PACKAGE_MAX_BYTES = env_int("YMIR_MODEL_PACKAGE_MAX_BYTES", 4 << 30)  # an imported model package
-YMIR_TRY_MAX_BYTES = env_int("YMIR_TRY_MAX_BYTES", 20 << 20)  # an image tried on a model's page (upload or URL)
+YMIR_TRY_MAX_BYTES = env_int("YMIR_TRY_MAX_BYTES", 8 << 20)  # an image tried on a model's page (upload or URL)
 CELERY_BEAT_SCHEDULE = {"reconcile-tasks": {"task": "tasks.reconcile", "schedule": 60.0}}

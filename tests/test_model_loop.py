@@ -160,6 +160,8 @@ def test_train_evaluate_mine_infer_and_diagnose(worker, workspace, tmp_path):
     assert mined.asset_count == 5 and mined.group.name == "mined"
     assert PredictionSet.objects.filter(version=mined).count() == 1
     assert mined.report["predicted_boxes"] == Box.objects.filter(version=mined, prediction_set__isnull=False).count()
+    mined_page = logged_in(user).get(f"/datasets/{mined.pk}/").content.decode()
+    assert f"Labelling cost estimate: {mined.report['predicted_boxes']} predicted boxes" in mined_page
 
     # inference on the test set, then diagnosis
     response = api.post("/api/v1/inferences", {"stage_ids": [best.pk], "version_ids": [test.pk]})

@@ -361,3 +361,44 @@ def overlap_skip(params: dict[str, Any]) -> tuple[set[int], set[int]]:
     val = set(DatasetAsset.objects.filter(version_id=params["val"]).values_list("asset_id", flat=True))
     shared = train & val
     return (shared, set()) if policy == "drop_train" else (set(), shared)
+
+
+TRY_GROUP = "tried-images"
+
+
+def try_as_task(*, user: User, stage: ModelStage, data: bytes, filename: str) -> Task:
+    """Try a model without an ONNX graph on one image: the image becomes a one-image version of the project's
+    "tried-images" dataset and an inference task runs on it; the boxes land there as a prediction set."""
+    from django.db.models import Max
+
+    from datasets.models import Asset, DatasetGroup
+    from datasets.store import ImageRejected, inspect_image, store_bytes
+
+    project = stage.version.group.project
+    _own_project(user, project)
+    try:
+        info = inspect_image(data)
+    except ImageRejected as exc:
+        raise Invalid(str(exc), code="invalid_image") from None
+    store_bytes(info.sha1, data)
+    with transaction.atomic():
+        asset, _created = Asset.objects.get_or_create(
+            sha1=info.sha1,
+            defaults={"width": info.width, "height": info.height, "size_bytes": info.size_bytes, "format": info.format},
+        )
+        group = DatasetGroup.objects.filter(project=project, name__iexact=TRY_GROUP).first()
+        if group is None:
+            group = DatasetGroup.objects.create(project=project, name=TRY_GROUP)
+        DatasetGroup.objects.select_for_update().filter(pk=group.pk).first()
+        number = (group.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+        version = DatasetVersion.objects.create(
+            group=group,
+            number=number,
+            state=DatasetVersion.State.READY,
+            parameters={"operation": "try", "model_stage": stage.pk},
+            asset_count=1,
+            ready_at=timezone.now(),
+        )
+        DatasetAsset.objects.create(version=version, asset=asset, name=filename[:255])
+        (task,) = inference_start(user=user, stages=[stage], versions=[version])
+    return task

@@ -24,6 +24,7 @@ from models_app.errors import error_meaning
 from models_app.models import Evaluation, ExecutorImage, ModelStage, ModelVersion, Task
 from models_app.taskdir import task_dir
 from models_app.tensorboard import read_scalars
+from models_app.training import try_as_task
 
 
 def tasks_visible_to(user: User) -> QuerySet[Task]:
@@ -130,14 +131,15 @@ def _try_model(request: HttpRequest, version: ModelVersion, stages: list[ModelSt
     usable = {s.pk: path for s, path in _onnx_stages(version, stages)}
     raw_stage = request.POST.get("stage", "")
     path = usable.get(int(raw_stage)) if raw_stage.isdigit() else None
+    as_task = raw_stage.isdigit() and path is None and any(s.pk == int(raw_stage) for s in stages)
     try:
         threshold = float(request.POST.get("score_threshold", "0.25"))
     except ValueError:
         threshold = -1.0
     upload = request.FILES.get("image")
     url = request.POST.get("url", "").strip()
-    if path is None:
-        return {"error": _("Choose a stage that has an ONNX graph.")}
+    if path is None and not as_task:
+        return {"error": _("Choose a stage of this model.")}
     if not 0 <= threshold <= 1:
         return {"error": _("The score threshold must be between 0 and 1.")}
     if bool(upload) == bool(url):
@@ -150,8 +152,17 @@ def _try_model(request: HttpRequest, version: ModelVersion, stages: list[ModelSt
             data = upload.read()
         else:
             data = b"".join(fetch(url, max_bytes=limit, timeout=20))
+        if as_task:  # no ONNX graph: a one-image inference task with the model's own image
+            stage = next(s for s in stages if s.pk == int(raw_stage))
+            user = request.user
+            assert isinstance(user, User)
+            task = try_as_task(user=user, stage=stage, data=data, filename=str(getattr(upload, "name", "") or url))
+            return {"task": task}
+        assert path is not None
         image = decode_image(data)
         (boxes,), seconds = predict(path, [image], score_threshold=threshold)
+    except ServiceError as exc:
+        return {"error": exc.message}
     except UrlRefused as exc:
         return {"error": str(exc)}
     except PredictError as exc:
@@ -193,6 +204,7 @@ def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
         "charts": _training_charts(landing.model_dir(version.pk) / "tensorboard"),
         "evaluating": _stages_evaluating(version, stages),
         "onnx_stages": [s for s, _p in _onnx_stages(version, stages)],
+        "try_stages": stages,
         "tried": _try_model(request, version, stages) if request.method == "POST" else None,
     }
     return render(request, "models_app/model_detail.html", context)

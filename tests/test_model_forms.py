@@ -259,3 +259,30 @@ def test_diversity_skips_near_duplicates_and_class_balance_lifts_rare_classes(se
     ranked = mining.class_balanced([(by_name[0], 0.5), (by_name[1], 0.4)], predictions, train.pk)
     assert [s for s, _ in ranked] == [by_name[1], by_name[0]]
     assert ranked[0][1] == pytest.approx(0.4 * 2)  # sqrt(4 boxes of a / 1 of b)
+
+
+def test_trying_a_model_without_an_onnx_graph_starts_a_one_image_task(setup):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from datasets.demo import make_image
+
+    user, project, train, val, image = setup
+    stage = _model(project, image, train, val)  # its files hold no model.onnx
+    client = logged_in(user)
+    page = client.get(f"/models/{stage.version_id}/").content.decode()
+    assert "has no ONNX graph" in page
+    data, _boxes = make_image(3, 1, 160, 120)
+    html = client.post(
+        f"/models/{stage.version_id}/",
+        {"stage": stage.pk, "score_threshold": 0.3, "image": SimpleUploadedFile("x.jpg", data)},
+    ).content.decode()
+    task = Task.objects.get(kind=Task.Kind.INFERENCE)
+    assert f"/tasks/{task.pk}/" in html
+    tried = DatasetVersion.objects.get(pk=task.parameters["candidates"])
+    assert tried.group.name == "tried-images" and tried.asset_count == 1 and tried.items.get().name == "x.jpg"
+    assert task.parameters["model_stage"] == stage.pk
+    html = client.post(
+        f"/models/{stage.version_id}/",
+        {"stage": stage.pk, "score_threshold": 0.3, "image": SimpleUploadedFile("y.jpg", b"text")},
+    ).content.decode()
+    assert "error-box" in html and Task.objects.filter(kind=Task.Kind.INFERENCE).count() == 1

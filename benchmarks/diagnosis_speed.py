@@ -15,6 +15,7 @@ import gc
 import random
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from _setup import django_on_scratch_database
 
@@ -58,7 +59,9 @@ def main() -> None:
     from datasets.models import DatasetVersion, PredictionSet
     from models_app.evaluations import evaluation_create
 
-    renders, computes, pages = {}, {}, {}
+    renders: dict[int, float] = {}
+    computes: dict[int, float] = {}
+    pages: dict[int, Any] = {}
     for n in args.sizes:
         version = DatasetVersion.objects.get(pk=make_version(n, boxes_per_image=6))
         add_predictions(version.pk)

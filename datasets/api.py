@@ -24,6 +24,7 @@ from datasets.services import (
     upload_save,
     version_export,
 )
+from datasets.tags import asset_tags_edit, box_tags_edit
 from projects.selectors import project_for
 
 router = Router(tags=["datasets"])
@@ -294,3 +295,28 @@ def dataset_assets(
         for i in page
     ]
     return {"items": items, "next": following}
+
+
+class TagsIn(Schema):
+    set: dict[str, Any] = {}
+    remove: list[str] = []
+
+
+@router.patch("/datasets/{int:dataset_id}/assets/{int:asset_id}/tags", response=dict[str, Any])
+def asset_tags_patch(request: HttpRequest, dataset_id: int, asset_id: int, body: TagsIn) -> dict[str, Any]:
+    """Set and remove an image's tags in a dataset (the project's owner; the dataset ready)."""
+    version = version_visible_to(cast(User, request.user), dataset_id)
+    item = asset_tags_edit(
+        user=cast(User, request.user), version=version, asset_id=asset_id, set_tags=body.set, remove=body.remove
+    )
+    return dict(item.tags)
+
+
+@router.patch("/datasets/{int:dataset_id}/boxes/{int:box_id}/tags", response=dict[str, Any])
+def box_tags_patch(request: HttpRequest, dataset_id: int, box_id: int, body: TagsIn) -> dict[str, Any]:
+    """Set and remove a box's tags (ground truth or prediction) in a dataset."""
+    version = version_visible_to(cast(User, request.user), dataset_id)
+    box = box_tags_edit(
+        user=cast(User, request.user), version=version, box_id=box_id, set_tags=body.set, remove=body.remove
+    )
+    return dict(box.tags)

@@ -36,6 +36,7 @@ def browse_items(
     *,
     label_id: int | None = None,
     tag: tuple[str, str] | None = None,
+    box_tag: tuple[str, str] | None = None,
     kind: str = "",
     after: int = 0,
     limit: int = 48,
@@ -54,6 +55,9 @@ def browse_items(
         items = items.filter(asset_id__in=Box.objects.filter(version=version, label_id=label_id).values("asset_id"))
     if tag is not None:
         items = items.filter(**{f"tags__{tag[0]}": tag[1]})
+    if box_tag is not None:
+        tagged = Box.objects.filter(version=version, **{f"tags__{box_tag[0]}": box_tag[1]})
+        items = items.filter(asset_id__in=tagged.values("asset_id"))
     boxes = Box.objects.filter(version=version, asset_id=OuterRef("asset_id"))
     if kind == "gt":
         items = items.filter(Exists(boxes.filter(prediction_set__isnull=True)))

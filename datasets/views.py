@@ -31,6 +31,7 @@ from datasets.services import (
     version_export,
 )
 from datasets.store import asset_path
+from datasets.tags import asset_tags_edit, box_tags_edit, clean_changes
 from datasets.thumbs import thumbnail_path
 from models_app.evaluations import OUTCOMES, assets_with_outcome, box_outcomes
 from projects.selectors import project_for
@@ -91,6 +92,8 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
     label_id = request.GET.get("class", "")
     tag_text = request.GET.get("tag", "").strip()
     tag = tuple(tag_text.split("=", 1)) if "=" in tag_text else None
+    box_tag_text = request.GET.get("boxtag", "").strip()
+    box_tag = tuple(box_tag_text.split("=", 1)) if "=" in box_tag_text else None
     kind = request.GET.get("kind", "")
     after = request.GET.get("after", "")
     if request.GET.get("random") and version.state == DatasetVersion.State.READY:
@@ -109,6 +112,7 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
         version,
         label_id=int(label_id) if label_id.isdigit() else None,
         tag=tag if tag and tag[0].isidentifier() else None,  # type: ignore[arg-type]
+        box_tag=box_tag if box_tag and box_tag[0].isidentifier() else None,  # type: ignore[arg-type]
         kind=kind if kind in ("gt", "pred", "unlabelled") else "",
         after=int(after) if after.isdigit() else 0,
         limit=PAGE_SIZE,
@@ -146,6 +150,7 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
         "cards": cards,
         "next_after": next_after,
         "tag": tag_text,
+        "box_tag": box_tag_text,
         "kind": kind,
         "class_bars": class_bars,
         "labels": LabelClass.objects.filter(name__in=counts.keys()),
@@ -433,6 +438,7 @@ def asset_detail(request: HttpRequest, dataset_id: int, asset_id: int) -> HttpRe
         "prediction_sets": version.prediction_sets.order_by("-created_at"),
         "outcome_view": outcome_view,
         "counts": {k: list(tags.values()).count(k) for k in OUTCOMES},
+        "can_edit": version.group.project.owner_id == request.user.pk and version.state == DatasetVersion.State.READY,
     }
     return render(request, "datasets/asset_detail.html", context)
 
@@ -475,3 +481,53 @@ def _keep_query(request: HttpRequest) -> str:
     for key in ("after", "random", "fragment"):
         query.pop(key, None)
     return query.urlencode()
+
+
+@login_required
+@require_POST
+def asset_tags(request: HttpRequest, dataset_id: int, asset_id: int) -> HttpResponse:
+    """Set (key, value) or remove (key, empty value) an image's tag, or a box's tag (``box`` given)."""
+    version = version_visible_to(_user(request), dataset_id)
+    key = request.POST.get("key", "").strip()
+    value = request.POST.get("value", "").strip()
+    changes: dict[str, object] = {key: value} if value else {}
+    removed = [] if value else [key]
+    try:
+        box_id = request.POST.get("box", "")
+        if box_id.isdigit():
+            box_tags_edit(user=_user(request), version=version, box_id=int(box_id), set_tags=changes, remove=removed)
+        else:
+            if not value:
+                clean_changes({key: "x"}, [])  # the key is checked even when removing
+            asset_tags_edit(user=_user(request), version=version, asset_id=asset_id, set_tags=changes, remove=removed)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, _("Tags saved."))
+    return redirect("asset_detail", version.pk, asset_id)
+
+
+@login_required
+def public_datasets(request: HttpRequest) -> HttpResponse:
+    """Every user's public datasets, to look at and to copy into one's own projects."""
+    user = _user(request)
+    if request.method == "POST":
+        source = version_visible_to(user, int(request.POST.get("dataset", "0") or 0))
+        project = project_for(user, int(request.POST.get("project", "0") or 0))
+        try:
+            copy = dataset_import_start(
+                user=user, project=project, name=request.POST.get("name", "") or source.group.name, copy_of=source.pk
+            )
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, _("Copying into %(project)s.") % {"project": project.name})
+            return redirect("dataset_detail", copy.pk)
+    public = (
+        DatasetVersion.objects.filter(is_public=True, state=DatasetVersion.State.READY)
+        .select_related("group__project__owner")
+        .order_by("-created_at")
+    )
+    return render(
+        request, "datasets/public_datasets.html", {"datasets": public, "projects": user.projects.order_by("name")}
+    )

@@ -223,5 +223,6 @@ def test_train_from_the_project_page_see_the_platform_map_and_diagnose(page, liv
     page.locator("rect.outcome-FN").first.wait_for()
     page.screenshot(path=str(SHOTS / "dataset-outcomes.png"), full_page=True)
     page.locator("figure.asset a").first.click()
-    page.get_by_role("heading", name="Ground truth").wait_for()
+    page.get_by_role("heading", name="Ground truth", exact=True).wait_for()
+    page.wait_for_load_state("networkidle")  # the image itself, for the picture
     page.screenshot(path=str(SHOTS / "asset-outcomes.png"), full_page=True)

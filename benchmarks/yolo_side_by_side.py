@@ -6,11 +6,10 @@ evaluated by the platform's evaluator on the same held-out images; and ONNX Runt
 Ultralytics is AGPL-3.0 and pulls torchvision, so it lives only in a benchmark-only environment, never in the
 platform or the executor: Ultralytics installed with ``--no-deps`` beside the CPU torch wheel, its plain
 dependencies, onnx + onnxruntime, and a stand-in ``torchvision`` package providing ``ops.nms`` (the real one
-does not install beside this torch). Run it with that environment's Python; our detector trains in its own
-environment (``.venv-detector``) through the executor contract:
-
-    YOLO_OFFLINE=1 PYTHONPATH=<torchvision stand-in> <benchmark env>/bin/python benchmarks/yolo_side_by_side.py \\
-        [--train 300 --val 60 --size 256 --budget-s 480]
+does not install beside this torch; ``benchmarks/torchvision_standin``). ``bash benchmarks/yolo_env.sh`` makes
+that environment and prints the command to run; our detector trains in its own environment
+(``.venv-detector``) through the executor contract. Options: ``--train 300 --val 60 --size 256 --epochs 30``
+(YOLO11n gets the wall time our epochs took).
 """
 
 from __future__ import annotations

@@ -346,6 +346,7 @@ def evaluation_create(
     score_threshold: float = 0.0,
     max_dets: list[int] | None = None,
     run_now: bool = False,
+    stage_metrics: bool = False,
 ) -> Evaluation:
     """Validate and record an evaluation; computed now (API, small) or by a worker task with progress."""
     if version.state != DatasetVersion.State.READY:
@@ -364,6 +365,7 @@ def evaluation_create(
         "ious": parse_ious(ious),
         "score_threshold": float(score_threshold),
         "max_dets": parse_max_dets(max_dets),
+        "stage_metrics": stage_metrics,  # the platform's evaluation of a stage: its numbers go on the stage
     }
     project = version.group.project
     with transaction.atomic():
@@ -418,6 +420,8 @@ def evaluation_run(task_id: int) -> None:
 
 def _stage_metrics(evaluation: Evaluation, sets: list[PredictionSet], result: dict[str, Any]) -> None:
     """Predictions made to evaluate a stage (after its training run): the platform's numbers go on the stage."""
+    if not evaluation.parameters.get("stage_metrics"):  # a user's diagnosis, at their thresholds: not the stage's
+        return
     for pset, outcome in zip(sets, result["sets"], strict=True):
         stage_id = (pset.model_info or {}).get("evaluate_stage")
         if not stage_id:

@@ -75,7 +75,7 @@ def _evaluate_prediction_set(task: Task, version: DatasetVersion, pset: Predicti
     from models_app.evaluations import evaluation_create
 
     try:
-        return evaluation_create(user=task.user, version=version, prediction_sets=[pset]).pk
+        return evaluation_create(user=task.user, version=version, prediction_sets=[pset], stage_metrics=True).pk
     except Invalid as exc:
         logger.warning("task %s: evaluation not started: %s", task.pk, exc.message)
         return None

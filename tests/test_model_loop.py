@@ -86,6 +86,11 @@ def test_train_evaluate_mine_infer_and_diagnose(worker, workspace, tmp_path):
     for stage in body["stages"]:
         assert 0 <= stage["metrics"]["AP50"] <= 1 and stage["metrics"]["evaluation"]
     best = ModelStage.objects.get(version=model, name=model.recommended_stage)
+    # a user's own diagnosis of those predictions, at other thresholds, leaves the stage's numbers alone
+    before = best.metrics
+    val_set = PredictionSet.objects.get(version=val, model_info__evaluate_stage=best.pk)
+    response = api.post("/api/v1/evaluations", {"version_id": val.pk, "prediction_set_ids": [val_set.pk], "ious": 0.5})
+    assert response.status_code == 201 and ModelStage.objects.get(pk=best.pk).metrics == before
 
     # the model page: the platform's mAP per stage, training curves read from the run's TensorBoard files
     page = logged_in(user).get(f"/models/{model.pk}/").content.decode()

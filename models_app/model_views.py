@@ -172,8 +172,9 @@ def mining_new(request: HttpRequest, project_id: int) -> HttpResponse:
     usable = {i.pk for i in images_usable_by(user)}
     image_ids = [i.pk for i in ordered if i.pk in usable]
     images = images_usable_by(user).filter(pk__in=image_ids)
-    image = _image_from(request, images) if image_ids else None
-    if image is None and image_ids:
+    chosen = request.POST.get("image") or request.GET.get("image")
+    image = _image_from(request, images) if chosen and image_ids else None
+    if image is None and image_ids:  # the first related image by default
         image = images.get(pk=image_ids[0])
     data = request.POST if request.method == "POST" and "start" in request.POST else None
     initial = {"candidates": request.GET.get("candidates"), **_refresh_initial(request)}

@@ -7,14 +7,17 @@ do not change). Only the project's owner edits; keys are short identifiers, valu
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
 from core.errors import Conflict, Forbidden, Invalid
 from core.models import User
 from datasets.models import Box, DatasetAsset, DatasetVersion
 
+Tagged = TypeVar("Tagged", DatasetAsset, Box)
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,49}$")
 MAX_VALUE = 200
 MAX_TAGS = 50
@@ -54,26 +57,32 @@ def _apply(tags: dict, changes: dict[str, str], remove: list[str]) -> dict:
 def asset_tags_edit(
     *, user: User, version: DatasetVersion, asset_id: int, set_tags: dict[str, object], remove: list[str]
 ) -> DatasetAsset:
-    _check(user, version)
-    changes, removed = clean_changes(set_tags, remove)
-    with transaction.atomic():
-        item = DatasetAsset.objects.select_for_update().filter(version=version, asset_id=asset_id).first()
-        if item is None:
-            raise Invalid(_("This image is not in the dataset."), code="not_found")
-        item.tags = _apply(item.tags, changes, removed)
-        item.save(update_fields=["tags"])
-    return item
+    items = DatasetAsset.objects.filter(version=version, asset_id=asset_id)
+    return _edit(user, version, items, _("This image is not in the dataset."), set_tags, remove)
 
 
 def box_tags_edit(
     *, user: User, version: DatasetVersion, box_id: int, set_tags: dict[str, object], remove: list[str]
 ) -> Box:
+    boxes = Box.objects.filter(version=version, pk=box_id)
+    return _edit(user, version, boxes, _("This box is not in the dataset."), set_tags, remove)
+
+
+def _edit(
+    user: User,
+    version: DatasetVersion,
+    rows: QuerySet[Tagged],
+    missing: str,
+    set_tags: dict[str, object],
+    remove: list[str],
+) -> Tagged:
+    """Lock the one row, apply the checked changes to its tags, save."""
     _check(user, version)
     changes, removed = clean_changes(set_tags, remove)
     with transaction.atomic():
-        box = Box.objects.select_for_update().filter(version=version, pk=box_id).first()
-        if box is None:
-            raise Invalid(_("This box is not in the dataset."), code="not_found")
-        box.tags = _apply(box.tags, changes, removed)
-        box.save(update_fields=["tags"])
-    return box
+        row = rows.select_for_update().first()
+        if row is None:
+            raise Invalid(missing, code="not_found")
+        row.tags = _apply(row.tags, changes, removed)
+        row.save(update_fields=["tags"])
+    return row

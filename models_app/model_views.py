@@ -4,6 +4,7 @@ chosen image changes (its hyper-parameters) and polls an evaluation while it run
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from models_app.forms import (
     config_names,
     config_values,
 )
-from models_app.models import ExecutorImage, GpuLease, WorkerHost
+from models_app.models import ExecutorImage, GpuLease, Task, WorkerHost
 from models_app.selectors import evaluation_visible_to, evaluations_of, images_usable_by, model_visible_to, stages_of
 from projects.models import Project
 
@@ -96,6 +97,23 @@ def _render_form(request: HttpRequest, template: str, context: dict[str, Any]) -
     return render(request, template, context)
 
 
+def _start_or_render(
+    request: HttpRequest,
+    form: django_forms.Form,
+    start: Callable[[dict[str, Any]], Task],
+    context: dict[str, Any],
+) -> HttpResponse:
+    """A bound, valid form starts its task (and shows it); otherwise, or when the service refuses, the form again."""
+    if form.is_bound and form.is_valid():
+        try:
+            task = start(form.cleaned_data)
+        except ServiceError as exc:
+            _apply_service_error(form, exc)
+        else:
+            return redirect("task_detail", task.pk)
+    return _render_form(request, "models_app/run_form.html", context)
+
+
 # --- training ----------------------------------------------------------------------------------------------
 
 
@@ -119,29 +137,22 @@ def training_new(request: HttpRequest, project_id: int) -> HttpResponse:
     names = sorted({n for v in versions for n, c in (v.class_counts.get("gt") or {}).items() if c})
     form.fields["class_names"].choices = [(n, n) for n in names]  # type: ignore[attr-defined]
     add_config_fields(form, image, "training")
-    if data is not None and form.is_valid():
-        d = form.cleaned_data
-        try:
-            task = training.training_start(
-                user=user,
-                project=project,
-                image=d["image"],
-                train=d["train"],
-                val=d["val"],
-                class_names=d["class_names"],
-                overlap=d["overlap"],
-                pretrained=d["pretrained"],
-                gpu_count=d["gpu_count"],
-                config=config_values(form),
-                model_name=d["model_name"],
-            )
-        except ServiceError as exc:
-            _apply_service_error(form, exc)
-        else:
-            return redirect("task_detail", task.pk)
-    return _render_form(
+    return _start_or_render(
         request,
-        "models_app/run_form.html",
+        form,
+        lambda d: training.training_start(
+            user=user,
+            project=project,
+            image=d["image"],
+            train=d["train"],
+            val=d["val"],
+            class_names=d["class_names"],
+            overlap=d["overlap"],
+            pretrained=d["pretrained"],
+            gpu_count=d["gpu_count"],
+            config=config_values(form),
+            model_name=d["model_name"],
+        ),
         {"form": form, "project": project, "title": _("Train a model"), "kind": "training", "image": image},
     )
 
@@ -185,32 +196,25 @@ def mining_new(request: HttpRequest, project_id: int) -> HttpResponse:
     form.fields["image"].queryset = images  # type: ignore[attr-defined]
     form.fields["image"].choices = [(i.pk, i.name) for i in ordered if i.pk in usable]  # type: ignore[attr-defined]
     add_config_fields(form, image, "mining")
-    if data is not None and form.is_valid():
-        d = form.cleaned_data
-        try:
-            task = training.mining_start(
-                user=user,
-                project=project,
-                image=d["image"],
-                candidates=d["candidates"],
-                stage=d["stage"],
-                top_k=d["top_k"],
-                also_infer=d["also_infer"],
-                exclude_labelled=d["exclude_labelled"],
-                exclude_mined=d["exclude_mined"],
-                class_balance=d["class_balance"],
-                diversity=d["diversity"],
-                gpu_count=d["gpu_count"],
-                config=config_values(form),
-                output_name=d["output_name"],
-            )
-        except ServiceError as exc:
-            _apply_service_error(form, exc)
-        else:
-            return redirect("task_detail", task.pk)
-    return _render_form(
+    return _start_or_render(
         request,
-        "models_app/run_form.html",
+        form,
+        lambda d: training.mining_start(
+            user=user,
+            project=project,
+            image=d["image"],
+            candidates=d["candidates"],
+            stage=d["stage"],
+            top_k=d["top_k"],
+            also_infer=d["also_infer"],
+            exclude_labelled=d["exclude_labelled"],
+            exclude_mined=d["exclude_mined"],
+            class_balance=d["class_balance"],
+            diversity=d["diversity"],
+            gpu_count=d["gpu_count"],
+            config=config_values(form),
+            output_name=d["output_name"],
+        ),
         {"form": form, "project": project, "title": _("Mine data"), "kind": "mining", "image": image},
     )
 

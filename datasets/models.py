@@ -153,3 +153,73 @@ class Box(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label_id} ({self.x1:.0f},{self.y1:.0f},{self.x2:.0f},{self.y2:.0f})"
+
+
+class LabellingTool(models.Model):
+    """The labelling tool (Label Studio) the platform talks to: one row, set by admins."""
+
+    url = models.URLField(_("Label Studio URL"), max_length=300, blank=True)
+    token = models.CharField(_("API token"), max_length=2000, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    check_ok = models.BooleanField(null=True)
+    check_message = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return self.url or "Label Studio"
+
+
+class Labelling(models.Model):
+    """A dataset version sent to Label Studio: one Label Studio project, one task row (kind labelling)."""
+
+    task = models.OneToOneField("models_app.Task", on_delete=models.CASCADE, related_name="labelling")
+    source = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="labellings")
+    output_name = models.CharField(max_length=100)
+    output_group = models.ForeignKey(
+        DatasetGroup, on_delete=models.SET_NULL, null=True, blank=True, related_name="labellings"
+    )
+    labels = models.ManyToManyField(LabelClass, related_name="+")
+    labellers = models.JSONField(default=list, blank=True)
+    keep_ground_truth = models.BooleanField(default=False)
+    prediction_set = models.ForeignKey(PredictionSet, on_delete=models.SET_NULL, null=True, blank=True)
+    guideline_name = models.CharField(max_length=200, blank=True)
+    guideline_text = models.TextField(blank=True)
+    public_base = models.CharField(max_length=300)
+    tool_url = models.CharField(max_length=300, blank=True)
+    ls_project_id = models.PositiveIntegerField(null=True, blank=True)
+    ls_webhook_id = models.PositiveIntegerField(null=True, blank=True)
+    total = models.PositiveIntegerField(default=0)
+    labelled = models.PositiveIntegerField(default=0)
+    unreachable_since = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    collect_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Labelling #{self.pk}"
+
+
+class LabellingItem(models.Model):
+    """One image of a labelling and its Label Studio task; what was last imported from it."""
+
+    labelling = models.ForeignKey(Labelling, on_delete=models.CASCADE, related_name="items")
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    name = models.CharField(max_length=255, blank=True)
+    ls_task_id = models.PositiveIntegerField(null=True, blank=True)
+    labelled = models.BooleanField(default=False)
+    imported_key = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint("labelling", "asset", name="labellingitem_labelling_asset_unique"),
+        ]
+        indexes = [models.Index(fields=["labelling", "ls_task_id"])]
+
+    def __str__(self) -> str:
+        return self.name or str(self.asset_id)

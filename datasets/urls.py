@@ -1,6 +1,6 @@
 from django.urls import path
 
-from datasets import views
+from datasets import labelling_views, views
 
 urlpatterns = [
     path("projects/<int:project_id>/datasets/import", views.dataset_import, name="dataset_import"),
@@ -19,4 +19,16 @@ urlpatterns = [
     path("classes/<int:label_id>/rename", views.class_rename, name="class_rename"),
     path("classes/<int:label_id>/alias", views.class_alias, name="class_alias"),
     path("classes/<int:label_id>/merge", views.class_merge, name="class_merge"),
+]
+
+urlpatterns += [
+    path("datasets/<int:dataset_id>/labelling/new", labelling_views.labelling_new, name="labelling_new"),
+    path("labellings/<int:labelling_id>/", labelling_views.labelling_detail, name="labelling_detail"),
+    path("labellings/<int:labelling_id>/import", labelling_views.labelling_import, name="labelling_import"),
+    path("labellings/<int:labelling_id>/refresh", labelling_views.labelling_refresh, name="labelling_refresh"),
+    path("labellings/<int:labelling_id>/cancel", labelling_views.labelling_cancel, name="labelling_cancel"),
+    path("labellings/<int:labelling_id>/relabel", labelling_views.labelling_relabel, name="labelling_relabel"),
+    path("labelling/images/<str:token>", labelling_views.labelling_image, name="labelling_image"),
+    path("labelling/hooks/<int:labelling_id>", labelling_views.labelling_hook, name="labelling_hook"),
+    path("manage/labelling/", labelling_views.labelling_tool, name="labelling_tool"),
 ]

@@ -162,6 +162,9 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
         "outcome_view": outcome_view,
         "outcomes": OUTCOMES,
         "keep": _keep_query(request),
+        "labellings": version.labellings.select_related("task").order_by("-created_at")[:10]
+        if version.group.project.owner_id == _user(request).pk
+        else [],
     }
     if getattr(request, "htmx", False) and request.GET.get("fragment") == "state":
         return render(request, "datasets/dataset_detail.html#state", context)

@@ -529,6 +529,12 @@ def cancel(task: Task) -> bool:
     """Stop a task: one not yet started ends at once; a running one is stopped by its host's worker."""
     if task.is_final:
         return False
+    if task.kind == Task.Kind.LABELLING:  # ends at once; its Label Studio project is archived
+        from datasets.labelling import labelling_cancel
+        from datasets.models import Labelling
+
+        labelling = Labelling.objects.select_related("task").filter(task=task).first()
+        return labelling is not None and labelling_cancel(labelling)
     if not task.run_ref:
         with transaction.atomic():
             gpus_release(task.pk)

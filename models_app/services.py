@@ -61,6 +61,7 @@ def tasks_reconcile(*, stale_seconds: int) -> list[int]:
     cutoff = timezone.now() - timedelta(seconds=stale_seconds)
     lost = list(
         Task.objects.filter(state__in=(State.RUNNING, State.QUEUED), image__isnull=True)
+        .exclude(kind=Task.Kind.LABELLING)  # people label for days; the labelling poll follows these
         .filter(models.Q(heartbeat_at__lt=cutoff) | models.Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
         .values_list("id", flat=True)
     )

@@ -54,6 +54,8 @@ def task_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     task = get_object_or_404(tasks_visible_to(request.user), pk=task_id)  # type: ignore[arg-type]
+    if task.kind == Task.Kind.LABELLING and hasattr(task, "labelling"):
+        return redirect("labelling_detail", labelling_id=task.labelling.pk)
     landed = task.result.get("landed", {}) if isinstance(task.result, dict) else {}
     context = {
         "task": task,

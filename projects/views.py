@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 
 from core.errors import ServiceError
+from datasets.models import DatasetVersion, Labelling
 from datasets.selectors import versions_of_project
 from models_app.models import ModelVersion
 from projects.forms import ProjectForm
@@ -40,10 +41,21 @@ def project_list(request: HttpRequest) -> HttpResponse:
 def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     project = project_for(request.user, project_id)  # type: ignore[arg-type]
     tasks = project.tasks.order_by("-created_at")[:20]
-    datasets = versions_of_project(project.pk)
+    datasets = list(versions_of_project(project.pk))
+    _attach_labellings(datasets)
     models = ModelVersion.objects.filter(group__project=project).select_related("group", "train_version__group")
     context = {"project": project, "tasks": tasks, "datasets": datasets, "models": models.prefetch_related("stages")}
     return render(request, "projects/project_detail.html", context)
+
+
+def _attach_labellings(versions: list[DatasetVersion]) -> None:
+    """Each version's latest labelling, for the "labelled N of M" of its row."""
+    latest: dict[int, Labelling] = {}
+    rows = Labelling.objects.filter(source__in=versions).select_related("task").order_by("created_at")
+    for labelling in rows:
+        latest[labelling.source_id] = labelling
+    for version in versions:
+        version.labelling = latest.get(version.pk)  # type: ignore[attr-defined]
 
 
 @login_required

@@ -196,3 +196,18 @@ def start_worker(queue: str, env: dict[str, str], log: Path, name: str = "") -> 
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+
+
+@pytest.fixture
+def label_studio(settings, monkeypatch):
+    """The Label Studio server of ``YMIR_TEST_LABEL_STUDIO_URL`` / ``_TOKEN`` (CI starts one on loopback), set
+    for this process and for workers started after this fixture."""
+    from datasets.labelstudio import LabelStudio
+
+    url, token = os.environ.get("YMIR_TEST_LABEL_STUDIO_URL", ""), os.environ.get("YMIR_TEST_LABEL_STUDIO_TOKEN", "")
+    if not url or not token:
+        require("YMIR_REQUIRE_LABEL_STUDIO", "no Label Studio (YMIR_TEST_LABEL_STUDIO_URL / _TOKEN)")
+    settings.YMIR_LABEL_STUDIO_URL, settings.YMIR_LABEL_STUDIO_TOKEN = url, token
+    monkeypatch.setenv("YMIR_LABEL_STUDIO_URL", url)
+    monkeypatch.setenv("YMIR_LABEL_STUDIO_TOKEN", token)
+    return LabelStudio(url, token)

@@ -226,3 +226,32 @@ def test_train_from_the_project_page_see_the_platform_map_and_diagnose(page, liv
     page.get_by_role("heading", name="Ground truth", exact=True).wait_for()
     page.wait_for_load_state("networkidle")  # the image itself, for the picture
     page.screenshot(path=str(SHOTS / "asset-outcomes.png"), full_page=True)
+
+
+def test_send_a_dataset_to_label_studio_and_watch_the_labelling_progress(
+    page, live_server, label_studio, worker, trainer, tmp_path
+):
+    from datasets.models import Labelling
+    from tests.test_labelling import five_images, region
+
+    SHOTS.mkdir(exist_ok=True)
+    version = five_images(trainer, tmp_path)
+    _login(page, live_server, trainer)
+    page.goto(f"{live_server.url}/datasets/{version.pk}/")
+    page.get_by_role("link", name="Send to labelling").click()
+    page.select_option("select[name=classes]", ["cat", "dog"])
+    page.get_by_label("Show the existing ground truth as editable pre-annotations").check()
+    page.get_by_role("button", name="Send to Label Studio").click()
+    page.get_by_role("heading", name="Labelling #").wait_for()
+    # the worker sends the images; the page follows by itself and then links into Label Studio
+    link = page.locator("a.tool-link")
+    link.wait_for(timeout=60_000)
+    labelling = Labelling.objects.get()
+    assert link.get_attribute("href") == f"{label_studio.url}/projects/{labelling.ls_project_id}/data"
+    page.locator(".labelled-count", has_text="labelled 0 of 5").wait_for()
+    first = next(iter(label_studio.tasks(labelling.ls_project_id)))
+    label_studio.annotation_create(first["id"], [region("cat", 10, 10, 20, 20)])  # a labeller submits
+    page.locator(".labelled-count", has_text="labelled 1 of 5").wait_for(timeout=20_000)
+    page.screenshot(path=str(SHOTS / "labelling.png"), full_page=True)
+    page.goto(f"{live_server.url}/projects/{version.group.project_id}/")
+    assert page.locator("a.labelling-progress", has_text="labelled 1 of 5").count() == 1

@@ -260,4 +260,19 @@ YMIR_DETECTOR_PYTHON = env_str("YMIR_DETECTOR_PYTHON") or (
 )
 YMIR_MODEL_PACKAGE_MAX_BYTES = env_int("YMIR_MODEL_PACKAGE_MAX_BYTES", 4 << 30)  # an imported model package
 YMIR_TRY_MAX_BYTES = env_int("YMIR_TRY_MAX_BYTES", 8 << 20)  # an image tried on a model's page (upload or URL)
-CELERY_BEAT_SCHEDULE = {"reconcile-tasks": {"task": "tasks.reconcile", "schedule": 60.0}}
+
+# --- Labelling (docs/labelling.md) ----------------------------------------------------------------------
+# The Label Studio server and its API token; an admin's settings in the console take precedence.
+YMIR_LABEL_STUDIO_URL = env_str("YMIR_LABEL_STUDIO_URL")
+YMIR_LABEL_STUDIO_TOKEN = env_str("YMIR_LABEL_STUDIO_TOKEN")
+YMIR_LABEL_STUDIO_TIMEOUT = float(env_str("YMIR_LABEL_STUDIO_TIMEOUT", "10"))  # seconds per call
+# Where Label Studio and labellers' browsers reach this platform (image URLs, webhooks); when empty, the
+# address the labelling task was created from.
+YMIR_PUBLIC_URL = env_str("YMIR_PUBLIC_URL")
+YMIR_LABELLING_POLL_SECONDS = float(env_str("YMIR_LABELLING_POLL_SECONDS", "60"))  # the fallback poll
+YMIR_LABELLING_URL_GRACE_HOURS = env_int("YMIR_LABELLING_URL_GRACE_HOURS", 24)  # image URLs after the task ends
+
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-tasks": {"task": "tasks.reconcile", "schedule": 60.0},
+    "labelling-poll": {"task": "labelling.poll", "schedule": YMIR_LABELLING_POLL_SECONDS},
+}

@@ -623,7 +623,11 @@ def labelling_collect(labelling_id: int, *, finish: bool = False) -> DatasetVers
     )
     by_sha1 = {str((t.get("data") or {}).get("ymir_asset", "")): t for t in exported}
     with transaction.atomic():
-        labelling = Labelling.objects.select_for_update().select_related("task", "source__group").get(pk=labelling_id)
+        labelling = (
+            Labelling.objects.select_for_update(of=("self",))
+            .select_related("task", "source__group")
+            .get(pk=labelling_id)
+        )
         items = list(labelling.items.select_related("asset").order_by("id"))
         report: dict[str, Any] = {
             "operation": "labelling",

@@ -22,6 +22,7 @@ from datasets.models import DatasetGroup, DatasetVersion, PredictionSet
 from datasets.selectors import version_visible_to
 from models_app.models import Task
 from models_app.services import task_create
+from projects.models import Project
 
 KINDS = ("merge", "filter", "exclude", "sample", "split")
 MERGE_STRATEGIES = ("stop", "newer", "older")
@@ -89,12 +90,15 @@ def _raise_no_others() -> list[int]:
     raise Invalid(_("Choose the datasets whose images to exclude."), code="no_inputs")
 
 
-def operation_start(*, user: User, kind: str, name: str, params: dict[str, Any]) -> list[DatasetVersion]:
+def operation_start(
+    *, user: User, kind: str, name: str, params: dict[str, Any], project: Project | None = None
+) -> list[DatasetVersion]:
+    """Validate and record a set operation; its outputs land in ``project`` (default: the first input's)."""
     name = name.strip()
     if not name:
         raise Invalid(_("A dataset needs a name."), code="invalid_name")
     inputs, outputs = _validate(user, kind, params)
-    project = inputs[0].group.project
+    project = project or inputs[0].group.project
     if project.owner_id != user.pk:
         raise Invalid(_("The first input must belong to one of your projects."), code="invalid_inputs")
     names = [name] if outputs == 1 else [f"{name}-{i + 1}" for i in range(outputs)]

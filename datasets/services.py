@@ -423,8 +423,15 @@ def dataset_delete(*, user: User, version: DatasetVersion) -> None:
         raise Conflict(_("A model was trained or validated on this dataset; delete the model first."), code="in_use")
     if _read_by_running_task(version.pk):
         raise Conflict(_("A running task reads this dataset."), code="in_use")
+    if version.labellings.exclude(task__state__in=Task.FINAL_STATES).exists():
+        raise Conflict(_("This dataset is being labelled; cancel the labelling first."), code="in_use")
+    from iterations.services import versions_in_use
+
+    if versions_in_use(version.pk):
+        raise Conflict(_("An iteration uses this dataset."), code="in_use")
     group = version.group
     with transaction.atomic():
+        version.labellings.all().delete()  # ended labellings of it (their tasks stay in the task list)
         version.delete()
         if not group.versions.exists():
             group.delete()

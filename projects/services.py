@@ -63,7 +63,12 @@ def project_delete(*, project: Project) -> None:
     if ModelVersion.objects.filter(train_version__in=versions).exclude(group__project=project).exists():
         raise Conflict(_("A model of another project was trained on this project's data."), code="in_use")
     model_ids = list(ModelVersion.objects.filter(group__project=project).values_list("id", flat=True))
+    from datasets.models import Labelling
+    from iterations.models import Iteration
+
     with transaction.atomic():
+        Iteration.objects.filter(project=project).delete()  # its rounds refer to the models and datasets below
+        Labelling.objects.filter(source__in=versions).delete()
         ModelVersion.objects.filter(pk__in=model_ids).delete()
         ModelGroup.objects.filter(project=project).delete()
         versions.delete()

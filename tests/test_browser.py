@@ -255,3 +255,90 @@ def test_send_a_dataset_to_label_studio_and_watch_the_labelling_progress(
     page.screenshot(path=str(SHOTS / "labelling.png"), full_page=True)
     page.goto(f"{live_server.url}/projects/{version.group.project_id}/")
     assert page.locator("a.labelling-progress", has_text="labelled 1 of 5").count() == 1
+
+
+def test_the_seed_002_story_one_iteration_round_in_the_browser(page, live_server, worker, trainer, tmp_path, settings):
+    """Import, prepare the iteration, train the initial model, run one round (mine, label through the oracle,
+    merge, train), and read the history and the trend chart."""
+    from datasets.demo import CLASSES, write_voc_zip
+    from datasets.models import DatasetVersion
+    from datasets.services import demo_classes_ensure, demo_import_start, import_execute
+    from iterations.models import Iteration
+    from models_app.executors import detector_register
+    from tests.detector_util import detector_python
+    from tests.executors_util import until
+    from tests.factories import ProjectFactory
+
+    detector_python()
+    settings.YMIR_ORACLE_LABELLER = True
+    SHOTS.mkdir(exist_ok=True)
+    demo_classes_ensure(trainer)
+    project = ProjectFactory(owner=trainer, name="Lego loop")
+    detector_register()
+
+    def imported(name: str, count: int, start: int, gt: bool = True, owner_project=project) -> DatasetVersion:
+        version = demo_import_start(
+            user=trainer, project=owner_project, name=name, count=count, seed=9, start=start, gt=gt
+        )
+        assert version.task_id is not None
+        import_execute(version.task_id)
+        return DatasetVersion.objects.get(pk=version.pk)
+
+    val = imported("val", 8, 100)
+    imported("pool", 24, 200, gt=False)
+    hidden = imported("pool-gt", 24, 200, owner_project=ProjectFactory(owner=trainer))
+    _login(page, live_server, trainer)
+    # the training set through the import page
+    page.goto(f"{live_server.url}/projects/{project.pk}/")
+    page.get_by_role("link", name="Import a dataset").click()
+    page.get_by_label("Name").fill("train")
+    page.get_by_label("Zip file").set_input_files(
+        str(write_voc_zip(tmp_path / "t.zip", count=20, seed=9, width=320, height=240))
+    )
+    page.get_by_role("button", name="Start import").click()
+    page.locator("#dataset-state .state-ready").wait_for(timeout=90_000)
+
+    # prepare the iteration: the start button says what is missing until everything is set
+    page.goto(f"{live_server.url}/projects/{project.pk}/")
+    page.get_by_role("link", name="Iterations").click()
+    assert page.get_by_role("button", name="Start iterating").is_disabled()
+    page.locator("#missing").wait_for()
+    page.select_option("select[name=train_version]", label="train v1 (20)")
+    page.select_option("select[name=pool_version]", label="pool v1 (24)")
+    page.select_option("select[name=val_version]", label="val v1 (8)")
+    page.select_option("select[name=test_versions]", label="val v1")
+    assert page.locator("select[name=training_image]").input_value() != ""  # the built-in detector by default
+    page.select_option("select[name=class_names]", list(CLASSES))
+    page.get_by_label("Top-k per round").fill("6")
+    page.get_by_label("Or after this many rounds (optional)").fill("1")
+    page.get_by_label("Training hyper-parameters (JSON)").fill(
+        '{"epochs": 2, "save_every_epochs": 2, "image_size": 96, "batch_size": 8, "mosaic": 0.0}'
+    )
+    page.locator("#missing").wait_for(state="detached")
+    page.get_by_role("button", name="Start iterating").click()
+    page.get_by_role("heading", name="Iteration: loop").wait_for()
+    Iteration.objects.filter(project=project).update(oracle_version=hidden)  # the test's labeller
+
+    def round_section(number: int):
+        return page.locator(f"section.round:has(h2:text-is('Round {number}'))")
+
+    def step(number: int, name: str) -> None:
+        round_section(number).locator(f"li[data-step={name}]").get_by_role("button", name="Start").click()
+        if name != "train":
+            round_section(number).locator(f"li[data-step={name}] .state-done").wait_for(timeout=240_000)
+        if name == "label":
+            page.screenshot(path=str(SHOTS / "iteration-round.png"), full_page=True)
+
+    step(0, "train")  # the initial model, trained here from the training set
+    round_section(1).wait_for(timeout=300_000)  # opens once round 0's model is evaluated
+    for name in ("prepare", "mine", "label", "merge", "train"):
+        step(1, name)
+    until(lambda: Iteration.objects.get(project=project).state == Iteration.State.FINISHED, 300, "the loop's end")
+    page.reload()
+    rows = page.locator("table.history tbody tr")
+    assert rows.count() == 2
+    assert rows.nth(1).locator("td").nth(2).inner_text() == "6"  # picked
+    assert rows.nth(1).locator("td.map").inner_text() != "—"
+    assert page.locator("canvas#chart-map-trend").is_visible()
+    page.screenshot(path=str(SHOTS / "iteration.png"), full_page=True)
+    assert val.pk in Iteration.objects.get(project=project).test_versions.values_list("id", flat=True)

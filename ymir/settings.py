@@ -272,7 +272,13 @@ YMIR_PUBLIC_URL = env_str("YMIR_PUBLIC_URL")
 YMIR_LABELLING_POLL_SECONDS = float(env_str("YMIR_LABELLING_POLL_SECONDS", "60"))  # the fallback poll
 YMIR_LABELLING_URL_GRACE_HOURS = env_int("YMIR_LABELLING_URL_GRACE_HOURS", 24)  # image URLs after the task ends
 
+# Iterations (docs/iterations.md): how often the beat moves active loops on; the oracle labeller (labels from
+# hidden ground truth) is a test and benchmark tool, never on in production.
+YMIR_ITERATION_ADVANCE_SECONDS = float(env_str("YMIR_ITERATION_ADVANCE_SECONDS", "10"))
+YMIR_ORACLE_LABELLER = env_bool("YMIR_ORACLE_LABELLER", False)
+
 CELERY_BEAT_SCHEDULE = {
     "reconcile-tasks": {"task": "tasks.reconcile", "schedule": 60.0},
     "labelling-poll": {"task": "labelling.poll", "schedule": YMIR_LABELLING_POLL_SECONDS},
+    "iterations-advance": {"task": "iterations.advance", "schedule": YMIR_ITERATION_ADVANCE_SECONDS},
 }

@@ -13,6 +13,7 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("projects/", include("projects.urls")),
     path("", include("models_app.urls")),
+    path("", include("iterations.urls")),
     path("", include("datasets.urls")),
     path("", include("core.urls")),
 ]

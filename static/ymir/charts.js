@@ -20,7 +20,7 @@
           datasets: spec.series.map(function (s, i) {
             var colour = palette[i % palette.length];
             return { label: s.label, data: s.data, backgroundColor: colour, borderColor: colour,
-                     pointRadius: line ? 0 : undefined, spanGaps: true, fill: false };
+                     pointRadius: line ? (spec.points ? 4 : 0) : undefined, spanGaps: true, fill: false };
           })
         },
         options: {

@@ -25,6 +25,8 @@ class RequestSizeLimitMiddleware:
         limit = (
             settings.YMIR_MAX_UPLOAD_BYTES if path.endswith(UPLOAD_PATH_SUFFIXES) else settings.YMIR_MAX_REQUEST_BYTES
         )
+        if path.endswith("/predict"):  # the inference service: images, one batch at most
+            limit = settings.YMIR_PREDICT_MAX_BYTES
         if length > limit:
             message = _("The request body is too large (limit %(limit)d bytes).") % {"limit": limit}
             if request.path.startswith("/api/"):

@@ -1,8 +1,8 @@
 """One-image predictions with onnxruntime, the path "try a model" and deployment share.
 
 A graph the platform can serve follows the built-in detector's convention: input ``images`` float32
-[B, 3, S, S] in 0..1, each image scaled so that its longest side is S and pasted top-left on a grey (114)
-square; outputs boxes [B, K, 4] (x1, y1, x2, y2 in input pixels), scores [B, K] and class indices [B, K],
+[B, 3, S, S] in 0..1, each image scaled (bilinear) so that its longest side is S and pasted top-left on a
+grey (114) square; outputs boxes [B, K, 4] (x1, y1, x2, y2 in input pixels), scores [B, K] and class indices [B, K],
 decoded inside the graph (no NMS step); metadata ``class_names`` (JSON list) and ``image_size``.
 
 Sessions are loaded once per process and reused (keyed by file and modification time); the CUDA provider is
@@ -82,6 +82,8 @@ def decode_image(data: bytes) -> Image.Image:
             if opened.width * opened.height > MAX_PIXELS:
                 raise PredictError(f"the image is too large ({opened.width}x{opened.height})", "image")
             return opened.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise PredictError(f"the image is too large ({exc})", "image") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise PredictError(f"not an image: {exc}", "image") from None
 
@@ -96,7 +98,9 @@ def predict(
     scales = []
     for i, image in enumerate(images):
         scale = size / max(image.width, image.height)
-        resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        resized = image.resize(  # bilinear, as the detector letterboxes in training and in its own inference
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR
+        )
         batch[i, : resized.height, : resized.width] = np.asarray(resized)
         scales.append(scale)
     tensor = batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
@@ -126,3 +130,31 @@ def predict(
             )
         out.append(found)
     return out, seconds
+
+
+def preview(image: Image.Image, boxes: list[dict[str, Any]], longest: int = 1024) -> dict[str, Any]:
+    """The image scaled down for a page (a JPEG data URL) and the boxes scaled with it (sx, sy, sw, sh)."""
+    import base64
+
+    shown = image.copy()
+    shown.thumbnail((longest, longest))
+    factor = shown.width / image.width
+    buffer = io.BytesIO()
+    shown.save(buffer, format="JPEG", quality=85)
+    scaled = []
+    for box in boxes:
+        scaled.append(
+            {
+                **box,
+                "sx": box["x1"] * factor,
+                "sy": box["y1"] * factor,
+                "sw": (box["x2"] - box["x1"]) * factor,
+                "sh": (box["y2"] - box["y1"]) * factor,
+            }
+        )
+    return {
+        "boxes": scaled,
+        "width": shown.width,
+        "height": shown.height,
+        "data_url": "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(),
+    }

@@ -124,11 +124,8 @@ def _onnx_stages(version: ModelVersion, stages: list[ModelStage]) -> list[tuple[
 
 def _try_model(request: HttpRequest, version: ModelVersion, stages: list[ModelStage]) -> dict[str, object]:
     """Try a stage on one uploaded image or URL (fetched under the dataset URL rules), through onnxruntime."""
-    import base64
-    import io
-
     from core.netguard import UrlRefused, fetch
-    from models_app.onnx_predict import PredictError, decode_image, predict
+    from models_app.onnx_predict import PredictError, decode_image, predict, preview
 
     usable = {s.pk: path for s, path in _onnx_stages(version, stages)}
     raw_stage = request.POST.get("stage", "")
@@ -169,20 +166,9 @@ def _try_model(request: HttpRequest, version: ModelVersion, stages: list[ModelSt
         return {"error": str(exc)}
     except PredictError as exc:
         return {"error": str(exc)}
-    shown = image.copy()
-    shown.thumbnail((1024, 1024))
-    factor = shown.width / image.width
-    buffer = io.BytesIO()
-    shown.save(buffer, format="JPEG", quality=85)
-    for box in boxes:
-        box.update(sx=box["x1"] * factor, sy=box["y1"] * factor)
-        box.update(sw=(box["x2"] - box["x1"]) * factor, sh=(box["y2"] - box["y1"]) * factor)
     return {
-        "boxes": boxes,
+        **preview(image, boxes),
         "milliseconds": round(seconds * 1000, 1),
-        "width": shown.width,
-        "height": shown.height,
-        "data_url": "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(),
         "stage": next(s for s in stages if s.pk == int(raw_stage)),
     }
 

@@ -19,6 +19,7 @@ from core.api_auth import TokenAuth
 from core.errors import ServiceError, Throttled
 from datasets.api import router as datasets_router
 from datasets.labelling_api import router as labelling_router
+from deployment.api import router as deployment_router
 from iterations.api import router as iterations_router
 from models_app.api import router as tasks_router
 from projects.api import router as projects_router
@@ -117,3 +118,4 @@ api.add_router("", datasets_router)
 api.add_router("", tasks_router)
 api.add_router("", labelling_router)
 api.add_router("", iterations_router)
+api.add_router("", deployment_router)

@@ -272,6 +272,13 @@ YMIR_PUBLIC_URL = env_str("YMIR_PUBLIC_URL")
 YMIR_LABELLING_POLL_SECONDS = float(env_str("YMIR_LABELLING_POLL_SECONDS", "60"))  # the fallback poll
 YMIR_LABELLING_URL_GRACE_HOURS = env_int("YMIR_LABELLING_URL_GRACE_HOURS", 24)  # image URLs after the task ends
 
+# Deployment (docs/deployment.md): the inference service's limits.
+YMIR_PREDICT_MAX_BYTES = env_int("YMIR_PREDICT_MAX_BYTES", 20 << 20)  # a predict request's body
+YMIR_PREDICT_MAX_IMAGES = env_int("YMIR_PREDICT_MAX_IMAGES", 16)  # images per request (one batch)
+YMIR_PREDICT_RATE = env_int("YMIR_PREDICT_RATE", 600)  # requests per token per window (0: no limit)
+YMIR_PREDICT_RATE_WINDOW = env_int("YMIR_PREDICT_RATE_WINDOW", 60)  # seconds
+YMIR_DEVICE_HEARTBEAT_SECONDS = env_int("YMIR_DEVICE_HEARTBEAT_SECONDS", 10)  # a device agent's beat
+
 # Iterations (docs/iterations.md): how often the beat moves active loops on; the oracle labeller (labels from
 # hidden ground truth) is a test and benchmark tool, never on in production.
 YMIR_ITERATION_ADVANCE_SECONDS = float(env_str("YMIR_ITERATION_ADVANCE_SECONDS", "10"))

@@ -14,6 +14,7 @@ urlpatterns = [
     path("projects/", include("projects.urls")),
     path("", include("models_app.urls")),
     path("", include("iterations.urls")),
+    path("", include("deployment.urls")),
     path("", include("datasets.urls")),
     path("", include("core.urls")),
 ]

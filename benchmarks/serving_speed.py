@@ -1,0 +1,191 @@
+"""The HTTP inference service against raw onnxruntime on the same image, model and cores.
+
+The model is the built-in detector's graph (small configuration, 256 px input, the same compute as a trained
+one; its weights are random). Baselines in the same run, in this process: the image decoded and run through
+onnxruntime (``models_app.onnx_predict``, the service's own path minus HTTP), one call at a time (latency) and
+from 1 and 2 threads for 20 s (throughput, the better of the two).
+
+Service: gunicorn (1 worker, 8 threads, the production image's server) on loopback, token auth and every check
+on, the rate limit off. Single-client latency: one keep-alive connection, median of 300 requests. Load: wrk with
+50 connections for 30 s (``apt-get install wrk``); requests/s, p50/p99 latency and non-2xx responses.
+
+    DATABASE_URL=postgres://... .venv/bin/python benchmarks/serving_speed.py [--seconds 30 --connections 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _setup import ROOT, django_on_scratch_database
+
+
+def export_graph(path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, 'executors');"
+        "from ymir_detector.model import Detector; from ymir_detector.train import export_onnx;"
+        "m = Detector(8, 's'); m.class_names = [f'c{i}' for i in range(8)];"
+        f"export_onnx(m, Path({str(path)!r}), 256)"
+    )
+    subprocess.run([str(ROOT / ".venv-detector" / "bin" / "python"), "-c", code], cwd=ROOT, check=True)
+
+
+def raw_throughput(path: Path, data: bytes, threads: int, seconds: float) -> float:
+    from models_app import onnx_predict
+
+    done = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop:
+            onnx_predict.predict(path, [onnx_predict.decode_image(data)])
+            done[i] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(done) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed for the load part: apt-get install wrk")
+    os.environ["YMIR_PREDICT_RATE"] = "0"
+    django_on_scratch_database()
+    from core.tokens import token_issue
+    from datasets.demo import make_image
+    from deployment.services import algorithm_path, algorithm_publish
+    from models_app import landing, onnx_predict
+    from models_app.models import ModelGroup, ModelStage, ModelVersion
+    from projects.models import Project
+
+    user = __import__("core.models", fromlist=["User"]).User.objects.create_user(username="bench_serving")
+    project = Project.objects.create(owner=user, name="serving")
+    version = ModelVersion.objects.create(group=ModelGroup.objects.create(project=project, name="m"), number=1)
+    folder = landing.model_dir(version.pk)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_graph(folder / "model.onnx")
+    stage = ModelStage.objects.create(version=version, name="best", files=["model.onnx"])
+    algorithm = algorithm_publish(user=user, stage=stage)
+    _token, secret = token_issue(user=user, name="bench", kind="personal", days=None)
+    data, _boxes = make_image(5, 1, 640, 480)
+    path = algorithm_path(algorithm)
+
+    # raw: decode + onnxruntime, in this process
+    for _ in range(20):
+        onnx_predict.predict(path, [onnx_predict.decode_image(data)])
+    raw = []
+    for _ in range(args.requests):
+        started = time.perf_counter()
+        onnx_predict.predict(path, [onnx_predict.decode_image(data)])
+        raw.append(time.perf_counter() - started)
+    raw_ms = 1000 * statistics.median(raw)
+    raw_rate = max(raw_throughput(path, data, n, 20) for n in (1, 2))
+
+    port = 18765
+    env = {**os.environ, "YMIR_DB_CONN_MAX_AGE": "600"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "ymir.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        for _ in range(100):
+            try:
+                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                probe.request("GET", "/healthz")
+                if probe.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)  # the server is starting
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "image/jpeg"}
+        url = f"/api/v1/algorithms/{algorithm.pk}/predict"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(20):
+            conn.request("POST", url, body=data, headers=headers)
+            assert conn.getresponse().read() and True
+        served = []
+        for _ in range(args.requests):
+            started = time.perf_counter()
+            conn.request("POST", url, body=data, headers=headers)
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200, answer.status
+            served.append(time.perf_counter() - started)
+        http_ms = 1000 * statistics.median(served)
+        ratio = http_ms / raw_ms
+        print(f"single client  : raw decode+onnxruntime {raw_ms:.2f} ms · HTTP {http_ms:.2f} ms · ratio {ratio:.2f}x")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            body = Path(tmp) / "image.jpg"
+            body.write_bytes(data)
+            script = Path(tmp) / "post.lua"
+            script.write_text(
+                'wrk.method = "POST"\n'
+                f'wrk.headers["Authorization"] = "Bearer {secret}"\n'
+                'wrk.headers["Content-Type"] = "image/jpeg"\n'
+                f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+            )
+            out = subprocess.run(
+                [
+                    "wrk",
+                    "-t2",
+                    f"-c{args.connections}",
+                    f"-d{args.seconds}s",
+                    "--latency",
+                    "-s",
+                    str(script),
+                    f"http://127.0.0.1:{port}{url}",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+        p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        socket_errors = re.search(r"Socket errors: (.*)", out)
+        print(
+            f"{args.connections} clients {args.seconds} s: raw onnxruntime {raw_rate:.1f} img/s · "
+            f"HTTP {rate:.1f} req/s · ratio {rate / raw_rate:.2f} · p50 {p50} · p99 {p99} · "
+            f"non-2xx {errors.group(1) if errors else 0} · "
+            f"socket errors {socket_errors.group(1) if socket_errors else 'none'}"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -342,3 +342,29 @@ def test_the_seed_002_story_one_iteration_round_in_the_browser(page, live_server
     assert page.locator("canvas#chart-map-trend").is_visible()
     page.screenshot(path=str(SHOTS / "iteration.png"), full_page=True)
     assert val.pk in Iteration.objects.get(project=project).test_versions.values_list("id", flat=True)
+
+
+def test_try_a_published_algorithm_and_open_the_device_page(page, live_server, trainer, tmp_path, workspace):
+    from deployment import services
+    from tests.test_deployment import image_bytes, tiny_stage
+
+    SHOTS.mkdir(exist_ok=True)
+    stage = tiny_stage(trainer, tmp_path)
+    algorithm = services.algorithm_publish(user=trainer, stage=stage, name="tiny detector")
+    services.quantize_and_compare(algorithm.pk)
+    device, _token = services.device_add(user=trainer, name="edge-1", kind="Jetson", location="line 3")
+    _login(page, live_server, trainer)
+    page.goto(f"{live_server.url}/algorithms/")
+    page.get_by_role("link", name="tiny detector").click()
+    picture = tmp_path / "bright.png"
+    picture.write_bytes(image_bytes(200))
+    page.locator("input[name=image]").set_input_files(str(picture))
+    page.get_by_role("button", name="Detect").click()
+    page.locator("#tried-count").wait_for()
+    assert page.locator("svg rect.pred").count() == 2
+    assert page.locator("td.int8-map").inner_text() != "—"
+    page.screenshot(path=str(SHOTS / "algorithm.png"), full_page=True)
+    page.goto(f"{live_server.url}/devices/{device.pk}/")
+    page.get_by_role("button", name="Deploy").click()
+    page.get_by_role("button", name="Switch off").wait_for()
+    page.screenshot(path=str(SHOTS / "device.png"), full_page=True)

@@ -40,7 +40,11 @@ def image_bytes(shade: int, size: tuple[int, int] = (128, 96), fmt: str = "PNG")
 
 @pytest.fixture
 def stage(workspace, trainer, tmp_path) -> ModelStage:
-    """A model of the trainer's project whose stage is the tiny graph, validated on 4 annotated images."""
+    return tiny_stage(trainer, tmp_path)
+
+
+def tiny_stage(trainer, tmp_path) -> ModelStage:
+    """A model of the user's project whose stage is the tiny graph, validated on 4 annotated images."""
     classes.class_create(user=trainer, name="cat")
     classes.class_create(user=trainer, name="dog")
     project = ProjectFactory(owner=trainer)

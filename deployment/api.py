@@ -153,7 +153,7 @@ def algorithm_predict(
     request: HttpRequest, algorithm_id: int, score_threshold: float | None = None, max_boxes: int | None = None
 ) -> dict[str, Any]:
     """Boxes for one image or a batch. Token auth; per-token rate limit (429); body limit (413)."""
-    algorithm = services.algorithm_visible(_user(request), algorithm_id)
+    algorithm = services.algorithm_for_serving(_user(request), algorithm_id)
     token = getattr(request, "api_token", None)
     services.rate_check(str(token.pk) if token is not None else f"user{_user(request).pk}")
     if max_boxes is not None and not 1 <= max_boxes <= 1000:

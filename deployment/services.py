@@ -219,6 +219,29 @@ def algorithm_visible(user: User, algorithm_id: int) -> Algorithm:
     return algorithm
 
 
+SERVING_CACHE_SECONDS = 2.0
+_serving: dict[tuple[int, int], tuple[float, Algorithm]] = {}
+
+
+def algorithm_for_serving(user: User, algorithm_id: int) -> Algorithm:
+    """``algorithm_visible`` remembered for a moment in this process (the hot path of the inference service
+    saves a query per request); a change made elsewhere applies within SERVING_CACHE_SECONDS."""
+    key, now = (user.pk, algorithm_id), time.monotonic()
+    hit = _serving.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    algorithm = algorithm_visible(user, algorithm_id)
+    if len(_serving) > 10_000:
+        _serving.clear()
+    _serving[key] = (now + SERVING_CACHE_SECONDS, algorithm)
+    return algorithm
+
+
+def serving_forget(algorithm_id: int) -> None:
+    for key in [k for k in _serving if k[1] == algorithm_id]:
+        _serving.pop(key, None)
+
+
 def submit_for_review(*, user: User, algorithm: Algorithm) -> Algorithm:
     if algorithm.owner_id != user.pk:
         raise NotFound(_("No such algorithm."))

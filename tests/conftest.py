@@ -35,9 +35,13 @@ def _plain_static_storage(settings):
 def _clear_cache():
     from django.core.cache import cache
 
+    from deployment.services import _serving
+
     cache.clear()
+    _serving.clear()  # the inference service's per-process memory of algorithms (ids repeat across tests)
     yield
     cache.clear()
+    _serving.clear()
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """The parallel passes of an import: annotation parsing and the image pass, over worker processes.
 
 Workers get plain values (a source spec, names, the store folder, the pixel limit): they never touch the
-database. They are forked (cheap: nothing to import again); measured here, billiard's pool was 3x slower than
-the standard library's for this work.
+database. They come from a fork server (started once per process, so children start cheaply and never inherit
+another thread's held lock); measured here, billiard's pool was 3x slower than the standard library's.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ Ingested = tuple[
 ]
 T = TypeVar("T")
 CHUNK = 64
+_START_METHOD = "forkserver" if os.name == "posix" else "spawn"
 IN_PROCESS_BELOW = 256
 
 
@@ -103,7 +104,10 @@ def run_parallel(
     daemonic = me._config.get("daemon")  # type: ignore[attr-defined]
     me._config["daemon"] = False  # type: ignore[attr-defined]
     try:
-        with multiprocessing.get_context("fork").Pool(processes=min(workers, len(chunks))) as pool:
+        # forkserver, not fork: a Celery worker has threads (broker heartbeats, connection pools), and a child
+        # forked while one of them held a lock waits on it forever (seen: the thumbnail pass of a 1,181-image
+        # import hung its worker). The fork server is started once per process; children fork from it.
+        with multiprocessing.get_context(_START_METHOD).Pool(processes=min(workers, len(chunks))) as pool:
             for result in pool.imap(_call, [(function, (*fixed, chunk)) for chunk in chunks]):
                 yield from result
                 progress(len(result))

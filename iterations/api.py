@@ -37,6 +37,7 @@ class IterationIn(Schema):
     class_names: list[str] = []
     strategy: str = "entropy"
     exclude_seen: bool = True
+    chunk_size: int = Field(0, ge=0)
     top_k: int = Field(20, ge=1)
     training_config: dict[str, Any] = {}
     mining_config: dict[str, Any] = {}
@@ -139,6 +140,7 @@ def iteration_create(request: HttpRequest, project_id: int, body: IterationIn) -
         class_names=body.class_names,
         strategy=body.strategy,
         exclude_seen=body.exclude_seen,
+        chunk_size=body.chunk_size,
         top_k=body.top_k,
         training_config=body.training_config,
         mining_config=body.mining_config,

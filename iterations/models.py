@@ -31,6 +31,7 @@ class Iteration(models.Model):
     class_names = models.JSONField(default=list)
     strategy = models.CharField(max_length=30, default="entropy")
     exclude_seen = models.BooleanField(default=True)
+    chunk_size = models.PositiveIntegerField(default=0)  # mine a random chunk of the pool each round (0: all)
     top_k = models.PositiveIntegerField(default=20)
     training_config = models.JSONField(default=dict, blank=True)
     mining_config = models.JSONField(default=dict, blank=True)

@@ -81,6 +81,7 @@ def iteration_create(
     class_names: list[str],
     strategy: str = "entropy",
     exclude_seen: bool = True,
+    chunk_size: int = 0,
     top_k: int = 20,
     training_config: dict[str, Any] | None = None,
     mining_config: dict[str, Any] | None = None,
@@ -154,6 +155,7 @@ def iteration_create(
             class_names=names,
             strategy=strategy,
             exclude_seen=exclude_seen,
+            chunk_size=max(0, int(chunk_size or 0)),
             top_k=top_k,
             training_config=dict(training_config or {}),
             mining_config=dict(mining_config or {}),
@@ -212,6 +214,8 @@ def step_states(round_: Round) -> dict[str, str]:
         if step in round_.skipped:
             states[step] = "skipped"
     states.setdefault("prepare", _version_state(round_.prepared))
+    if states["prepare"] == "done" and _chunk_due(round_):
+        states["prepare"] = "running"  # the chunk of the prepared pool comes next
     if "mine" not in states:
         if round_.picked is not None:
             states["mine"] = _version_state(round_.picked)
@@ -567,6 +571,22 @@ def _advance_round(round_id: int) -> None:
             return
         changed = False
         task = round_.pick_task
+        if _chunk_due(round_):  # the prepared pool is ready and larger than a chunk: mine a random chunk of it
+            assert round_.prepared is not None
+            iteration = round_.iteration
+            (round_.prepared,) = operation_start(
+                project=iteration.project,
+                user=iteration.user,
+                kind="sample",
+                name=_name(round_, "chunk"),
+                params={
+                    "inputs": [round_.prepared.pk],
+                    "count": iteration.chunk_size,
+                    "seed": iteration.seed + round_.number,
+                },
+            )
+            round_.settings = {**round_.settings, "chunked": True}
+            changed = True
         if round_.picked is None and task is not None and task.state == State.DONE:
             landed = (task.result or {}).get("landed", {})
             round_.picked = DatasetVersion.objects.filter(pk=landed.get("dataset_version") or 0).first()
@@ -592,6 +612,19 @@ def _advance_round(round_id: int) -> None:
         _auto_random(round_)
     elif round_.finished_at is not None:
         _after_round(round_)
+
+
+def _chunk_due(round_: Round) -> bool:
+    iteration = round_.iteration
+    prepared = round_.prepared
+    return bool(
+        iteration.chunk_size
+        and prepared is not None
+        and prepared.state == DatasetVersion.State.READY
+        and prepared.asset_count > iteration.chunk_size
+        and not round_.settings.get("chunked")
+        and round_.arm == Round.Arm.MINED
+    )
 
 
 def _choose_best_stage(round_: Round) -> bool:

@@ -387,3 +387,42 @@ def test_a_labelling_cancelled_midway_merges_what_was_labelled(label_studio, liv
     assert r1.labelled is not None and r1.labelled.asset_count == 1 and r1.labelled.gt_box_count == 1
     assert r1.merged is not None
     assert set(r1.merged.parents.values_list("id", flat=True)) == {train.pk, r1.labelled.pk}
+
+
+@pytest.mark.django_db
+def test_a_chunk_of_the_prepared_pool_is_mined_each_round(workspace):
+    from datasets.services import operation_run
+
+    user = UserFactory()
+    project = ProjectFactory(owner=user)
+    train, val, pool = _small_loop_sets(user, project)
+    image = detector_register() or pytest.skip("no detector folder")
+    iteration = loop.iteration_create(
+        user=user,
+        project=project,
+        name="chunks",
+        train_version=train,
+        pool_version=pool,
+        val_version=val,
+        training_image=image,
+        mining_image=image,
+        class_names=["brick_2x2"],
+        initial_stage=_fake_stage(project),
+        chunk_size=2,
+    )
+    r1 = iteration.rounds.get()
+    loop.step_start(user=user, round_id=r1.pk, step="prepare")
+    excluded = Round.objects.get(pk=r1.pk).prepared
+    assert excluded is not None and excluded.task_id is not None
+    operation_run(excluded.task_id)
+    loop.iteration_advance(iteration.pk)
+    r1 = Round.objects.get(pk=r1.pk)
+    assert r1.prepared is not None and r1.prepared.pk != excluded.pk  # the chunk, sampled from the prepared pool
+    assert loop.step_states(r1)["prepare"] == "running" and not loop.can_start(r1, "mine")[0]
+    assert r1.prepared.task_id is not None
+    operation_run(r1.prepared.task_id)
+    r1 = Round.objects.get(pk=r1.pk)
+    loop.iteration_advance(iteration.pk)
+    r1 = Round.objects.get(pk=r1.pk)
+    assert r1.prepared is not None and r1.prepared.asset_count == 2
+    assert loop.step_states(r1)["prepare"] == "done" and loop.can_start(r1, "mine")[0]

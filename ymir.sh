@@ -74,7 +74,7 @@ label_studio() {
     LABEL_STUDIO_BASE_DATA_DIR="$data" LABEL_STUDIO_USERNAME="${YMIR_LABEL_STUDIO_USER:-admin@ymir.local}" \
     LABEL_STUDIO_PASSWORD="$(cat "$data/password")" LABEL_STUDIO_USER_TOKEN="$(cat "$data/token")" \
     LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true SSRF_PROTECTION_ENABLED=false LATEST_VERSION_CHECK=false \
-    LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true \
+    LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true WEBHOOK_TIMEOUT=3 \
       nohup "$venv/bin/label-studio" start --no-browser --port "$port" --internal-host 127.0.0.1 \
       >"$data/label-studio.log" 2>&1 </dev/null &
     for _ in $(seq 300); do curl -sf "$url/health" >/dev/null 2>&1 && break; sleep 1; done

@@ -506,7 +506,12 @@ def webhook_receive(labelling_id: int, secret: str, payload: dict[str, Any]) -> 
             return "ignored"
         # the annotation just saved counts even where the task's counters in the payload lag behind
         labelled = not annotation.get("was_cancelled") or _task_labelled(task)
-        LabellingItem.objects.filter(labelling=labelling, ls_task_id=int(task_id)).update(labelled=labelled)
+        matched = LabellingItem.objects.filter(labelling=labelling, ls_task_id=int(task_id)).update(labelled=labelled)
+        sha1 = str((task.get("data") or {}).get("ymir_asset", ""))
+        if not matched and sha1:  # an event before the push mapped its tasks: the image names itself
+            LabellingItem.objects.filter(labelling=labelling, asset__sha1=sha1).update(
+                labelled=labelled, ls_task_id=int(task_id)
+            )
         _recount(labelling.pk)
         labelling.refresh_from_db()
         if labelling.labelled >= labelling.total > 0:

@@ -248,6 +248,7 @@ def test_send_a_dataset_to_label_studio_and_watch_the_labelling_progress(
     link.wait_for(timeout=60_000)
     labelling = Labelling.objects.get()
     assert link.get_attribute("href") == f"{label_studio.url}/projects/{labelling.ls_project_id}/data"
+    page.locator("#labelling-progress .state-running").wait_for(timeout=60_000)  # every image sent
     page.locator(".labelled-count", has_text="labelled 0 of 5").wait_for()
     first = next(iter(label_studio.tasks(labelling.ls_project_id)))
     label_studio.annotation_create(first["id"], [region("cat", 10, 10, 20, 20)])  # a labeller submits

@@ -305,6 +305,15 @@ def test_webhooks_without_the_secret_are_refused_and_others_ignored(sent, client
     assert _hook(client, sent.pk, created, secret).json() == {"status": "ok"}
     sent.refresh_from_db()
     assert sent.labelled == 1 and Task.objects.get(pk=sent.task_id).percent == pytest.approx(0.2)
+    # an event that comes before the push mapped its task: the image's sha1 in the task data finds it
+    unmapped = LabellingItem.objects.filter(labelling=sent).exclude(ls_task_id=100).select_related("asset").first()
+    assert unmapped is not None
+    LabellingItem.objects.filter(pk=unmapped.pk).update(ls_task_id=None)
+    early = {**created, "task": {"id": 555, "data": {"ymir_asset": unmapped.asset.sha1}}, "annotation": {"id": 9}}
+    assert _hook(client, sent.pk, early, secret).json() == {"status": "ok"}
+    assert (
+        LabellingItem.objects.get(pk=unmapped.pk).ls_task_id == 555 and Labelling.objects.get(pk=sent.pk).labelled == 2
+    )
 
 
 @pytest.mark.django_db

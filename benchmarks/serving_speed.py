@@ -7,7 +7,8 @@ from 1 and 2 threads for 20 s (throughput, the better of the two).
 
 Service: gunicorn (1 worker, 8 threads, the production image's server) on loopback, token auth and every check
 on, the rate limit off. Single-client latency: one keep-alive connection, median of 300 requests. Load: wrk with
-50 connections for 30 s (``apt-get install wrk``); requests/s, p50/p99 latency and non-2xx responses.
+50 connections for 30 s (``apt-get install wrk``, client timeout 30 s); requests/s, p50/p99 latency, non-2xx
+responses and socket errors.
 
     DATABASE_URL=postgres://... .venv/bin/python benchmarks/serving_speed.py [--seconds 30 --connections 50]
 """
@@ -162,6 +163,8 @@ def main() -> None:
                     "-t2",
                     f"-c{args.connections}",
                     f"-d{args.seconds}s",
+                    "--timeout",  # 50 clients queue behind ~2 cores: latency is seconds by Little's law, not a failure
+                    "30s",
                     "--latency",
                     "-s",
                     str(script),

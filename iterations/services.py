@@ -628,20 +628,30 @@ def _chunk_due(round_: Round) -> bool:
 
 
 def _choose_best_stage(round_: Round) -> bool:
-    """The stage with the best platform mAP on the validation set, once every stage was evaluated."""
-    assert round_.model is not None
-    stages = list(round_.model.stages.all())
-    pending = Task.objects.filter(
-        kind=Task.Kind.INFERENCE, parameters__evaluate_stage__in=[s.pk for s in stages]
-    ).exclude(state__in=Task.FINAL_STATES)
-    scored = [s for s in stages if s.metrics.get("AP") is not None]
-    evaluations_pending = Task.objects.filter(
-        kind=Task.Kind.EVALUATION, project_id=round_.iteration.project_id
-    ).exclude(state__in=Task.FINAL_STATES)
-    if not stages or pending.exists() or (len(scored) < len(stages) and evaluations_pending.exists()):
+    """The stage with the best platform mAP on the validation set, once every stage's evaluation has ended
+    (submitted when the training landed: an inference run on the validation set, then an evaluation)."""
+    from models_app.training import infer_image_for
+
+    model = round_.model
+    assert model is not None
+    stages = list(model.stages.all())
+    if not stages:
         return False
+    expected = model.val_version_id is not None and model.image is not None and infer_image_for(model.image) is not None
+    waited = (timezone.now() - model.created_at).total_seconds()
+    if expected and waited < settings.YMIR_TASK_STALE_SECONDS * 12:  # a lost evaluation is given up after an hour
+        evaluations = Task.objects.filter(kind=Task.Kind.EVALUATION, project_id=round_.iteration.project_id)
+        for stage in stages:
+            if stage.metrics.get("AP") is not None:
+                continue
+            runs = Task.objects.filter(kind=Task.Kind.INFERENCE, parameters__evaluate_stage=stage.pk)
+            if not runs.exists() or runs.exclude(state__in=Task.FINAL_STATES).exists():
+                return False  # not submitted yet, or still running
+            if runs.filter(state=State.DONE).exists() and evaluations.exclude(state__in=Task.FINAL_STATES).exists():
+                return False  # inferred; its evaluation is still to come
+    scored = [s for s in stages if s.metrics.get("AP") is not None]
     if not scored:
-        best = next((s for s in stages if s.name == round_.model.recommended_stage), stages[-1])
+        best = next((s for s in stages if s.name == model.recommended_stage), stages[-1])
         round_.metrics = {**round_.metrics, "val": None, "note": "no platform evaluation"}
     else:
         best = max(scored, key=lambda s: s.metrics["AP"])

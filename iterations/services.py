@@ -640,18 +640,28 @@ def _choose_best_stage(round_: Round) -> bool:
     expected = model.val_version_id is not None and model.image is not None and infer_image_for(model.image) is not None
     waited = (timezone.now() - model.created_at).total_seconds()
     if expected and waited < settings.YMIR_TASK_STALE_SECONDS * 12:  # a lost evaluation is given up after an hour
-        evaluations = Task.objects.filter(kind=Task.Kind.EVALUATION, project_id=round_.iteration.project_id)
+        from models_app.models import Evaluation
+
         for stage in stages:
             if stage.metrics.get("AP") is not None:
                 continue
-            runs = Task.objects.filter(kind=Task.Kind.INFERENCE, parameters__evaluate_stage=stage.pk)
-            if not runs.exists() or runs.exclude(state__in=Task.FINAL_STATES).exists():
+            runs = list(Task.objects.filter(kind=Task.Kind.INFERENCE, parameters__evaluate_stage=stage.pk))
+            if not runs or any(not run.is_final for run in runs):
                 return False  # not submitted yet, or still running
-            if runs.filter(state=State.DONE).exists() and evaluations.exclude(state__in=Task.FINAL_STATES).exists():
-                return False  # inferred; its evaluation is still to come
+            for run in runs:
+                pset_id = (run.result or {}).get("landed", {}).get("prediction_set")
+                if run.state != State.DONE or not pset_id:
+                    continue  # that run failed: no number will come from it
+                evaluation = Evaluation.objects.filter(prediction_sets=pset_id).select_related("task").first()
+                if evaluation is None or evaluation.task is None or not evaluation.task.is_final:
+                    return False  # inferred; its evaluation is still to come (or to be written)
+            stage.refresh_from_db(fields=["metrics"])
     scored = [s for s in stages if s.metrics.get("AP") is not None]
     if not scored:
         best = next((s for s in stages if s.name == model.recommended_stage), stages[-1])
+        logger.warning(
+            "round %s: no platform evaluation of model %s; its recommended stage is used", round_.pk, model.pk
+        )
         round_.metrics = {**round_.metrics, "val": None, "note": "no platform evaluation"}
     else:
         best = max(scored, key=lambda s: s.metrics["AP"])

@@ -102,7 +102,11 @@ def run_parallel(
     # flag is lifted for its lifetime (billiard's pool, which allows it, was 3x slower here).
     me = multiprocessing.current_process()
     daemonic = me._config.get("daemon")  # type: ignore[attr-defined]
+    authkey = me._config.get("authkey")  # type: ignore[attr-defined]
     me._config["daemon"] = False  # type: ignore[attr-defined]
+    # a prefork child's key is billiard's AuthenticationString, which refuses the pickling that starting a fork
+    # server needs; the standard library's own wrapper of the same bytes allows it while spawning
+    me._config["authkey"] = multiprocessing.process.AuthenticationString(bytes(authkey or b""))  # type: ignore[attr-defined]
     try:
         # forkserver, not fork: a Celery worker has threads (broker heartbeats, connection pools), and a child
         # forked while one of them held a lock waits on it forever (seen: the thumbnail pass of a 1,181-image
@@ -113,6 +117,7 @@ def run_parallel(
                 progress(len(result))
     finally:
         me._config["daemon"] = daemonic  # type: ignore[attr-defined]
+        me._config["authkey"] = authkey  # type: ignore[attr-defined]
 
 
 def worker_count(setting: int) -> int:

@@ -300,6 +300,28 @@ def _small_loop_sets(user, project):
     return versions
 
 
+def _small_loop(name: str, **extra) -> tuple[Iteration, DatasetVersion, DatasetVersion, DatasetVersion]:
+    """A loop on three tiny sets with a stand-in initial model (nothing trains): round 1 is open."""
+    user = UserFactory()
+    project = ProjectFactory(owner=user)
+    train, val, pool = _small_loop_sets(user, project)
+    image = detector_register() or pytest.skip("no detector folder")
+    iteration = loop.iteration_create(
+        user=user,
+        project=project,
+        name=name,
+        train_version=train,
+        pool_version=pool,
+        val_version=val,
+        training_image=image,
+        mining_image=image,
+        class_names=["brick_2x2"],
+        initial_stage=_fake_stage(project),
+        **extra,
+    )
+    return iteration, train, val, pool
+
+
 @pytest.mark.django_db
 def test_the_api_and_the_pages_run_steps_once_and_say_what_is_missing(workspace):
     from tests.conftest import api_as, logged_in
@@ -354,22 +376,8 @@ def test_a_labelling_cancelled_midway_merges_what_was_labelled(label_studio, liv
     from datasets.labelling import labelling_cancel, labelling_push
     from tests.test_labelling import region
 
-    user = UserFactory()
-    project = ProjectFactory(owner=user)
-    train, val, pool = _small_loop_sets(user, project)
-    image = detector_register() or pytest.skip("no detector folder")
-    iteration = loop.iteration_create(
-        user=user,
-        project=project,
-        name="ls",
-        train_version=train,
-        pool_version=pool,
-        val_version=val,
-        training_image=image,
-        mining_image=image,
-        class_names=["brick_2x2"],
-        initial_stage=_fake_stage(project),
-    )
+    iteration, train, _val, pool = _small_loop("ls")
+    user = iteration.user
     r1 = iteration.rounds.get()
     Round.objects.filter(pk=r1.pk).update(skipped=["prepare"], picked=pool)  # as if mined: the whole pool
     loop.step_start(user=user, round_id=r1.pk, step="label", options={"base_url": live_server.url})
@@ -393,23 +401,8 @@ def test_a_labelling_cancelled_midway_merges_what_was_labelled(label_studio, liv
 def test_a_chunk_of_the_prepared_pool_is_mined_each_round(workspace):
     from datasets.services import operation_run
 
-    user = UserFactory()
-    project = ProjectFactory(owner=user)
-    train, val, pool = _small_loop_sets(user, project)
-    image = detector_register() or pytest.skip("no detector folder")
-    iteration = loop.iteration_create(
-        user=user,
-        project=project,
-        name="chunks",
-        train_version=train,
-        pool_version=pool,
-        val_version=val,
-        training_image=image,
-        mining_image=image,
-        class_names=["brick_2x2"],
-        initial_stage=_fake_stage(project),
-        chunk_size=2,
-    )
+    iteration, _train, _val, _pool = _small_loop("chunks", chunk_size=2)
+    user = iteration.user
     r1 = iteration.rounds.get()
     loop.step_start(user=user, round_id=r1.pk, step="prepare")
     excluded = Round.objects.get(pk=r1.pk).prepared

@@ -37,6 +37,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--strategy", default="aldd")
+    parser.add_argument(
+        "--scene",
+        choices=("field", "lab"),
+        default="field",
+        help="the pool's and validation set's scene (datasets.demo); the training set is always 'lab'",
+    )
     args = parser.parse_args()
     os.environ["YMIR_ORACLE_LABELLER"] = "1"
     os.environ["YMIR_FOLLOW_SECONDS"] = "1"
@@ -80,8 +86,10 @@ def main() -> None:
         demo_classes_ensure(user)
         data = Project.objects.create(owner=user, name="data")
 
-        def imported(name: str, count: int, start: int, gt: bool = True) -> DatasetVersion:
-            version = demo_import_start(user=user, project=data, name=name, count=count, seed=2, start=start, gt=gt)
+        def imported(name: str, count: int, start: int, gt: bool = True, scene: str = "lab") -> DatasetVersion:
+            version = demo_import_start(
+                user=user, project=data, name=name, count=count, seed=2, start=start, gt=gt, scene=scene
+            )
             assert version.task_id is not None
             import_execute(version.task_id)
             DatasetVersion.objects.filter(pk=version.pk).update(is_public=True)
@@ -89,11 +97,11 @@ def main() -> None:
 
         started = time.perf_counter()
         train = imported("train", args.train, 0)
-        val = imported("val", args.val, 50_000)
-        pool = imported("pool", args.pool, 10_000, gt=False)
-        hidden = imported("pool-gt", args.pool, 10_000)
+        val = imported("val", args.val, 50_000, scene=args.scene)
+        pool = imported("pool", args.pool, 10_000, gt=False, scene=args.scene)
+        hidden = imported("pool-gt", args.pool, 10_000, scene=args.scene)
         print(
-            f"data: {args.train} train, {args.pool} pool, {args.val} val imported in "
+            f"data: {args.train} train (lab), {args.pool} pool and {args.val} val ({args.scene}) imported in "
             f"{time.perf_counter() - started:.0f} s"
         )
         image = detector_register()
@@ -132,7 +140,8 @@ def main() -> None:
                 r = row["round"]
                 if row["val50"] is not None:
                     table[r.arm].setdefault(r.number, []).append(row["val50"])
-            print(f"seed {seed}: {args.rounds} rounds in {time.perf_counter() - t0:.0f} s")
+                    print(f"  seed {seed} round {r.number} {r.arm:6s} mAP50 {row['val50']:.3f}")
+            print(f"seed {seed}: {args.rounds} rounds in {time.perf_counter() - t0:.0f} s", flush=True)
         print(
             f"\nmAP50 on the validation set (mean of {args.seeds} seeds; strategy {args.strategy}, "
             f"{args.add} per round)"

@@ -6,7 +6,10 @@ onnxruntime (``models_app.onnx_predict``, the service's own path minus HTTP), on
 from 1 and 2 threads for 20 s (throughput, the better of the two).
 
 Service: gunicorn (1 worker, 8 threads, the production image's server) on loopback, token auth and every check
-on, the rate limit off. Single-client latency: one keep-alive connection, median of 300 requests. Load: wrk with
+on, the rate limit off; first as the inference service runs in production (the ``deployment`` compose
+service, ``ymir.settings_serving``: the API alone), then, single client only, as the web process (every page
+middleware). Single-client latency: one keep-alive connection, median of 300 requests; the baseline is the
+median of 150 raw calls before them and 150 after (drift of a shared machine falls on both). Load: wrk with
 50 connections for 30 s (``apt-get install wrk``, client timeout 30 s); requests/s, p50/p99 latency, non-2xx
 responses and socket errors.
 
@@ -16,6 +19,7 @@ responses and socket errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import re
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from _setup import ROOT, django_on_scratch_database
@@ -89,19 +94,32 @@ def main() -> None:
     data, _boxes = make_image(5, 1, 640, 480)
     path = algorithm_path(algorithm)
 
-    # raw: decode + onnxruntime, in this process
-    for _ in range(20):
-        onnx_predict.predict(path, [onnx_predict.decode_image(data)])
-    raw = []
-    for _ in range(args.requests):
+    def raw_call() -> float:  # decode + onnxruntime, in this process
         started = time.perf_counter()
         onnx_predict.predict(path, [onnx_predict.decode_image(data)])
-        raw.append(time.perf_counter() - started)
-    raw_ms = 1000 * statistics.median(raw)
+        return time.perf_counter() - started
+
+    for _ in range(20):
+        raw_call()
     raw_rate = max(raw_throughput(path, data, n, 20) for n in (1, 2))
 
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "image/jpeg"}
+    url = f"/api/v1/algorithms/{algorithm.pk}/predict"
+    for label, settings_module, load in (
+        ("inference service (ymir.settings_serving)", "ymir.settings_serving", True),
+        ("web process (ymir.settings, every page middleware)", "ymir.settings", False),
+    ):
+        print(label)
+        with served_by(settings_module) as port:
+            single_client(port, url, data, headers, raw_call, args.requests)
+            if load:
+                under_load(port, url, data, secret, raw_rate, args.seconds, args.connections)
+
+
+@contextlib.contextmanager
+def served_by(settings_module: str) -> Iterator[int]:
     port = 18765
-    env = {**os.environ, "YMIR_DB_CONN_MAX_AGE": "600"}
+    env = {**os.environ, "YMIR_DB_CONN_MAX_AGE": "600", "DJANGO_SETTINGS_MODULE": settings_module}
     server = subprocess.Popen(
         [
             sys.executable,
@@ -129,65 +147,81 @@ def main() -> None:
                     break
             except OSError:
                 time.sleep(0.2)  # the server is starting
-        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "image/jpeg"}
-        url = f"/api/v1/algorithms/{algorithm.pk}/predict"
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        for _ in range(20):
-            conn.request("POST", url, body=data, headers=headers)
-            assert conn.getresponse().read() and True
-        served = []
-        for _ in range(args.requests):
-            started = time.perf_counter()
-            conn.request("POST", url, body=data, headers=headers)
-            answer = conn.getresponse()
-            answer.read()
-            assert answer.status == 200, answer.status
-            served.append(time.perf_counter() - started)
-        http_ms = 1000 * statistics.median(served)
-        ratio = http_ms / raw_ms
-        print(f"single client  : raw decode+onnxruntime {raw_ms:.2f} ms · HTTP {http_ms:.2f} ms · ratio {ratio:.2f}x")
-
-        with tempfile.TemporaryDirectory() as tmp:
-            body = Path(tmp) / "image.jpg"
-            body.write_bytes(data)
-            script = Path(tmp) / "post.lua"
-            script.write_text(
-                'wrk.method = "POST"\n'
-                f'wrk.headers["Authorization"] = "Bearer {secret}"\n'
-                'wrk.headers["Content-Type"] = "image/jpeg"\n'
-                f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()\n'
-            )
-            out = subprocess.run(
-                [
-                    "wrk",
-                    "-t2",
-                    f"-c{args.connections}",
-                    f"-d{args.seconds}s",
-                    "--timeout",  # 50 clients queue behind ~2 cores: latency is seconds by Little's law, not a failure
-                    "30s",
-                    "--latency",
-                    "-s",
-                    str(script),
-                    f"http://127.0.0.1:{port}{url}",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
-        p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
-        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        socket_errors = re.search(r"Socket errors: (.*)", out)
-        print(
-            f"{args.connections} clients {args.seconds} s: raw onnxruntime {raw_rate:.1f} img/s · "
-            f"HTTP {rate:.1f} req/s · ratio {rate / raw_rate:.2f} · p50 {p50} · p99 {p99} · "
-            f"non-2xx {errors.group(1) if errors else 0} · "
-            f"socket errors {socket_errors.group(1) if socket_errors else 'none'}"
-        )
+        yield port
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def single_client(
+    port: int, url: str, data: bytes, headers: dict[str, str], raw_call: Callable[[], float], requests: int
+) -> None:
+    def post(conn: http.client.HTTPConnection) -> None:
+        conn.request("POST", url, body=data, headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200, answer.status
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(20):
+        post(conn)
+    # raw calls before and after the requests (A-B-A), so that a shared machine's drift falls on both alike;
+    # not interleaved one by one: onnxruntime's threads of one process would still spin while the other runs
+    raw = [raw_call() for _ in range(requests // 2)]
+    conn.close()  # idle past gunicorn's keep-alive: a fresh connection, opened by a first request
+    post(conn)
+    served = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        post(conn)
+        served.append(time.perf_counter() - started)
+    raw += [raw_call() for _ in range(requests // 2)]
+    raw_ms, http_ms = 1000 * statistics.median(raw), 1000 * statistics.median(served)
+    print(
+        f"  single client  : raw decode+onnxruntime {raw_ms:.2f} ms · HTTP {http_ms:.2f} ms · "
+        f"ratio {http_ms / raw_ms:.2f}x (target <= 1.10x)"
+    )
+
+
+def under_load(port: int, url: str, data: bytes, secret: str, raw_rate: float, seconds: int, connections: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "image.jpg"
+        body.write_bytes(data)
+        script = Path(tmp) / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.headers["Authorization"] = "Bearer {secret}"\n'
+            'wrk.headers["Content-Type"] = "image/jpeg"\n'
+            f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+        )
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{min(2, connections)}",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",  # 50 clients queue behind ~2 cores: latency is seconds by Little's law, not a failure
+                "30s",
+                "--latency",
+                "-s",
+                str(script),
+                f"http://127.0.0.1:{port}{url}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    print(
+        f"  {connections} clients {seconds} s: raw onnxruntime {raw_rate:.1f} img/s · "
+        f"HTTP {rate:.1f} req/s · ratio {rate / raw_rate:.2f} (target >= 0.80) · p50 {p50} · p99 {p99} · "
+        f"non-2xx {errors.group(1) if errors else 0} · "
+        f"socket errors {socket_errors.group(1) if socket_errors else 'none'}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,10 +9,15 @@ from core.tokens import token_authenticate
 
 
 class TokenAuth(HttpBearer):
-    """``Authorization: Bearer <token>``; the request then carries ``user`` and ``api_token``."""
+    """``Authorization: Bearer <token>``; the request then carries ``user`` and ``api_token``.
+    ``remember_seconds``: see ``token_authenticate`` (hot paths only)."""
+
+    def __init__(self, remember_seconds: float = 0) -> None:
+        super().__init__()
+        self.remember_seconds = remember_seconds
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:
-        api_token = token_authenticate(token)
+        api_token = token_authenticate(token, remember_seconds=self.remember_seconds)
         if api_token is None:
             return None
         request.user = api_token.user

@@ -3,6 +3,11 @@
 Objects are drawn with a side face, studs or holes, in varied colours on varied backgrounds, with occlusion,
 blur, noise and unlabelled distractor shapes. Boxes are exact (the drawn extent). The same seed gives the
 same bytes. Sizes of the seed-002 demo: 100 training, 10 test and 1181 mining images.
+
+Two scenes. ``lab``: every image a table top with 2-9 parts, the conditions the demo's training set is shot in.
+``field``: what a camera in use collects — half such images, and the rest empty frames (distractors only),
+dim and noisy frames, far-away (small) parts and crowded heaps, in the shares of ``FIELD_CONDITIONS``.
+A pool of field images is where mining has something to find that random picking mostly misses.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ SHAPES = {
     "slope_2x2": (2, 2, 1.2, False, False),
 }
 DEMO_SPLITS = {"train": 100, "test": 10, "mining": 1181}
+SCENES = ("lab", "field")
+# condition -> share of a field pool
+FIELD_CONDITIONS = {"lab": 0.5, "empty": 0.2, "dim": 0.1, "small": 0.1, "crowded": 0.1}
 
 
 @dataclass(frozen=True)
@@ -127,25 +135,53 @@ def _draw_object(
     return x, top_extent, x + w, y + top_h + side_h
 
 
-def make_image(seed: int, index: int, width: int = 640, height: int = 480) -> tuple[bytes, list[DemoBox]]:
+def field_condition(seed: int, index: int) -> str:
+    """The condition of image ``index`` of a field scene (deterministic)."""
+    draw = random.Random(f"field-{seed}-{index}").random()
+    for condition, share in FIELD_CONDITIONS.items():
+        if draw < share:
+            return condition
+        draw -= share
+    return "lab"
+
+
+def make_image(
+    seed: int, index: int, width: int = 640, height: int = 480, scene: str = "lab"
+) -> tuple[bytes, list[DemoBox]]:
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}")
+    condition = field_condition(seed, index) if scene == "field" else "lab"
     rng = random.Random(seed * 1_000_003 + index)
     image = _background(rng, width, height)
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.randint(0, 6)):
+    for _ in range(rng.randint(0, 6) + (6 if condition == "empty" else 0)):
         _distractor(rng, draw, width, height)
+    if condition == "empty":
+        count = 0
+    elif condition == "crowded":
+        count = rng.randint(12, 20)
+    else:
+        count = rng.randint(2, 9)
+    small = condition == "small"
     placed: list[tuple[str, tuple[int, int, int, int]]] = []
-    for _ in range(rng.randint(2, 9)):
+    for _ in range(count):
         label = rng.choice(CLASSES)
-        unit = rng.randint(max(8, width // 40), max(12, width // 14))
+        if small:
+            unit = rng.randint(max(5, width // 60), max(7, width // 36))
+        else:
+            unit = rng.randint(max(8, width // 40), max(12, width // 14))
         across = SHAPES[label][0]
         if across * unit >= width - 10:
             unit = (width - 10) // (across + 1)
         x = rng.randint(0, max(1, width - across * unit - 1))
         y = rng.randint(0, max(1, height - int(3.5 * unit) - 1))
         placed.append((label, _draw_object(rng, draw, label, x, y, unit)))
+    if condition == "dim":  # low light: dark, flat, and the sensor's noise on top
+        pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.25, 0.4) + rng.uniform(5, 20)
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     if rng.random() < 0.25:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.8)))
-    if rng.random() < 0.35:
+    if condition == "dim" or rng.random() < 0.35:
         sigma = rng.uniform(4, 14)
         noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, sigma, (height, width, 3))
         pixels = np.asarray(image, dtype=np.float32) + noise
@@ -185,18 +221,25 @@ def voc_xml(name: str, width: int, height: int, boxes: list[DemoBox], scores: li
 
 
 def generate(
-    count: int, seed: int, width: int = 640, height: int = 480, start: int = 0
+    count: int, seed: int, width: int = 640, height: int = 480, start: int = 0, scene: str = "lab"
 ) -> Iterator[tuple[str, bytes, list[DemoBox]]]:
     for index in range(start, start + count):
-        data, boxes = make_image(seed, index, width, height)
+        data, boxes = make_image(seed, index, width, height, scene)
         yield f"lego_{seed}_{index:05d}.jpg", data, boxes
 
 
 def write_voc_zip(
-    path: Path, count: int, seed: int, width: int = 640, height: int = 480, start: int = 0, with_gt: bool = True
+    path: Path,
+    count: int,
+    seed: int,
+    width: int = 640,
+    height: int = 480,
+    start: int = 0,
+    with_gt: bool = True,
+    scene: str = "lab",
 ) -> Path:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, data, boxes in generate(count, seed, width, height, start):
+        for name, data, boxes in generate(count, seed, width, height, start, scene):
             archive.writestr(f"images/{name}", data)
             if with_gt:
                 archive.writestr(f"gt/{Path(name).stem}.xml", voc_xml(name, width, height, boxes))

@@ -7,7 +7,7 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -207,11 +207,16 @@ def _download(url: str) -> Path:
     return path
 
 
-def _demo_zip(spec: dict[str, int]) -> Path:
+def _demo_zip(spec: dict[str, Any]) -> Path:
     from datasets.demo import write_voc_zip
 
     return write_voc_zip(
-        _upload_path(), count=spec["count"], seed=spec["seed"], start=spec["start"], with_gt=bool(spec["gt"])
+        _upload_path(),
+        count=spec["count"],
+        seed=spec["seed"],
+        start=spec["start"],
+        with_gt=bool(spec["gt"]),
+        scene=spec.get("scene", "lab"),
     )
 
 
@@ -249,13 +254,22 @@ def demo_classes_ensure(user: User) -> None:
 
 
 def demo_import_start(
-    *, user: User, project: Project, name: str, count: int, seed: int, start: int, gt: bool = True
+    *,
+    user: User,
+    project: Project,
+    name: str,
+    count: int,
+    seed: int,
+    start: int,
+    gt: bool = True,
+    scene: str = "lab",
 ) -> DatasetVersion:
-    """A dataset of ``count`` synthetic Lego-like images (the classes must exist), imported by a task."""
+    """A dataset of ``count`` synthetic Lego-like images (the classes must exist), imported by a task;
+    ``scene`` is one of ``datasets.demo.SCENES``."""
     parameters = {
         "format": "voc",
         "unknown_classes": "stop",
-        "source": {"demo": {"count": count, "seed": seed, "start": start, "gt": int(gt)}},
+        "source": {"demo": {"count": count, "seed": seed, "start": start, "gt": int(gt), "scene": scene}},
     }
     with transaction.atomic():
         group = DatasetGroup.objects.create(project=project, name=name)

@@ -14,6 +14,7 @@ from django.utils.translation import gettext as _
 from ninja import Router, Schema
 from pydantic import Field
 
+from core.api_auth import TokenAuth
 from core.errors import Forbidden, Invalid, NotFound
 from core.models import User
 from deployment import services
@@ -148,7 +149,7 @@ def _images_from(request: HttpRequest) -> list[bytes]:
     return images
 
 
-@router.post("/algorithms/{algorithm_id}/predict")
+@router.post("/algorithms/{algorithm_id}/predict", auth=TokenAuth(remember_seconds=services.SERVING_CACHE_SECONDS))
 def algorithm_predict(
     request: HttpRequest, algorithm_id: int, score_threshold: float | None = None, max_boxes: int | None = None
 ) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
 
 import pytest
 from django.http import Http404
+from PIL import Image
 
 from core.errors import Conflict
 from datasets import classes
@@ -339,3 +341,37 @@ def test_parallel_image_pass_gives_the_same_version(trainer, project, lego_class
     assert parallel.state == "ready" and parallel.asset_count == 20
     assert content(parallel) == content(serial)
     assert [i.name for i in parallel.items.order_by("id")] == [i.name for i in serial.items.order_by("id")]
+
+
+def test_the_field_scene_mixes_in_the_conditions_a_lab_training_set_lacks():
+    from collections import Counter
+
+    from PIL import ImageStat
+
+    from datasets.demo import FIELD_CONDITIONS, field_condition, make_image
+
+    conditions = [field_condition(7, i) for i in range(600)]
+    counts = Counter(conditions)
+    for condition, share in FIELD_CONDITIONS.items():
+        assert abs(counts[condition] / 600 - share) < 0.06, (condition, counts)
+    picked = {c: [i for i, x in enumerate(conditions) if x == c][:6] for c in FIELD_CONDITIONS}
+    made = {c: [make_image(7, i, 320, 240, "field") for i in picked[c]] for c in FIELD_CONDITIONS}
+    # a field image shot in lab conditions is the lab scene's image of that index
+    assert [m[0] for m in made["lab"]] == [make_image(7, i, 320, 240)[0] for i in picked["lab"]]
+    assert all(boxes == [] for _data, boxes in made["empty"])
+
+    def mean_boxes(c: str) -> float:
+        return sum(len(boxes) for _d, boxes in made[c]) / len(made[c])
+
+    def mean_area(c: str) -> float:
+        areas = [(b.x2 - b.x1) * (b.y2 - b.y1) for _d, boxes in made[c] for b in boxes]
+        return sum(areas) / len(areas)
+
+    def brightness(c: str) -> float:
+        return sum(ImageStat.Stat(Image.open(io.BytesIO(d)).convert("L")).mean[0] for d, _b in made[c]) / len(made[c])
+
+    assert mean_boxes("crowded") > mean_boxes("lab") + 4
+    assert mean_area("small") < 0.4 * mean_area("lab")
+    assert brightness("dim") < 0.6 * brightness("lab")
+    with pytest.raises(ValueError):
+        make_image(7, 0, scene="night")

@@ -132,6 +132,46 @@ def test_publish_and_predict_every_way_with_the_service_limits(stage, trainer, s
 
 
 @pytest.mark.django_db
+def test_a_token_the_service_remembers_stops_working_once_revoked_or_its_user_deactivated(stage, trainer, admin_user):
+    algorithm = _publish(trainer, stage.pk)
+    bright = image_bytes(200)
+    revoked = api_as(trainer)
+    assert _predict(revoked, algorithm["id"], bright).status_code == 200  # now remembered by this process
+    assert revoked.client.delete("/api/v1/auth/token", headers=revoked._headers()).status_code == 204
+    assert _predict(revoked, algorithm["id"], bright).status_code == 401
+    _personal, secret = token_issue(user=trainer, name="script", kind="personal", days=None)
+    script = ApiClient(secret)
+    assert _predict(script, algorithm["id"], bright).status_code == 200
+    answer = api_as(admin_user).patch(f"/api/v1/users/{trainer.pk}", {"is_active": False})
+    assert answer.status_code == 200, answer.content
+    assert _predict(script, algorithm["id"], bright).status_code == 401
+
+
+@pytest.mark.django_db
+def test_the_inference_service_process_serves_the_api_alone(stage, trainer, settings):
+    from ymir import settings_serving
+
+    settings.ROOT_URLCONF, settings.MIDDLEWARE = settings_serving.ROOT_URLCONF, settings_serving.MIDDLEWARE
+    algorithm = _publish(trainer, stage.pk)
+    api = api_as(trainer)
+    answer = _predict(api, algorithm["id"], image_bytes(200))
+    assert answer.status_code == 200 and len(answer.json()["results"][0]["boxes"]) == 2
+    huge = _predict(api, algorithm["id"], b"\0" * (100 << 20), "application/octet-stream")
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
+    chinese = api.client.post(
+        f"/api/v1/algorithms/{algorithm['id']}/predict",
+        data=b"plain text",
+        content_type="image/png",
+        headers={**api._headers(), "Accept-Language": "zh-hans"},
+    )
+    assert chinese.status_code == 422 and "图片" in chinese.json()["error"]["message"]
+    assert Client().get("/healthz").status_code == 200
+    page = Client().get("/projects/")
+    assert page.status_code == 404 and page.json()["error"]["code"] == "not_found"  # no pages here
+    assert Client().get("/accounts/login/").status_code == 404
+
+
+@pytest.mark.django_db
 def test_a_submission_is_invisible_to_others_until_an_admin_approves(stage, trainer, admin_user):
     algorithm = _publish(trainer, stage.pk)
     other = api_as(UserFactory())

@@ -46,7 +46,9 @@ def task_folder(root: Path, train: int, val: int, seed: int = 99, empty_annotati
     return root
 
 
-def run_direct(root: Path, task: str, config: dict[str, Any]) -> tuple[int, str, str]:
+def run_direct(
+    root: Path, task: str, config: dict[str, Any], env_extra: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """Run the detector on a hand-made folder (paths in env.yaml point into it): exit code, monitor.txt, log."""
     inp, out = root / "in", root / "out"
     env = {
@@ -81,7 +83,12 @@ def run_direct(root: Path, task: str, config: dict[str, Any]) -> tuple[int, str,
     done = subprocess.run(
         [detector_python(), "-m", "ymir_detector"],
         cwd=settings.YMIR_DETECTOR_FOLDER,
-        env={"YMIR_ENV_FILE": str(inp / f"env-{task}.yaml"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"},
+        env={
+            "YMIR_ENV_FILE": str(inp / f"env-{task}.yaml"),
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": "2",
+            **(env_extra or {}),
+        },
         capture_output=True,
         text=True,
         timeout=300,

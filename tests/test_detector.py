@@ -126,6 +126,25 @@ def _nan_checkpoint(tmp_path) -> str:
     return str(path)
 
 
+def test_distributed_data_parallel_trains_with_two_processes(tmp_path):
+    """The multi-GPU path (one process per GPU, all-reduced gradients) on the gloo backend, two CPU processes:
+    an odd number of images still gives each process the same number of steps (else the all-reduce would wait
+    forever), and only the first process writes stages."""
+    detector_python()
+    root = task_folder(tmp_path, train=7, val=4)  # 4 + 3 images: 2 and 1 batches of 2, were it split as is
+    config = {"epochs": 2, "image_size": 128, "batch_size": 2, "save_every_epochs": 1, "model_size": "s"}
+    exit_code, monitor, log = run_direct(
+        root, "training", config, {"YMIR_DETECTOR_CPU_PROCESSES": "2", "OMP_NUM_THREADS": "1"}
+    )
+    assert exit_code == 0, log[-3000:]
+    assert "distributed data parallel: 2 processes" in log
+    assert monitor.rstrip("\n").split("\t")[2:4] == ["1.0000", "3"], monitor
+    result = yaml.safe_load((root / "out" / "models" / "result.yaml").read_text())
+    assert {s["stage_name"] for s in result["model_stages"].values()} >= {"epoch_1", "epoch_2", "best"}
+    for stage in ("epoch_1", "epoch_2", "best"):
+        assert (root / "out" / "models" / stage / "model.onnx").stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     ("case", "task", "code"),
     [

@@ -171,15 +171,25 @@ def run(env: Env, monitor: Monitor) -> None:
         raise ExecutorError("300004", "the training set is empty")
     if not any(len(i.labels) for i in train_items):
         raise ExecutorError("300004", "the training set has no boxes of the chosen classes")
-    gpus = int(env.config.get("gpu_count") or 0)
-    world = gpus if gpus > 1 and torch.cuda.is_available() and torch.cuda.device_count() >= gpus else 1
+    world = _world(int(env.config.get("gpu_count") or 0))
     if world > 1:
         import torch.multiprocessing as mp
 
+        if len(train_items) < world:
+            raise ExecutorError("300004", f"{len(train_items)} training images for {world} processes")
         port = 29500 + (os.getpid() % 1000)
+        print(f"distributed data parallel: {world} processes", flush=True)
         mp.spawn(_worker, args=(world, port, env, opts, train_items, val_items), nprocs=world, join=True)
         return
     _worker(0, 1, 0, env, opts, train_items, val_items, monitor)
+
+
+def _world(gpus: int) -> int:
+    """Processes to train with: one per GPU when more than one is asked for and present; on a host without
+    GPUs, ``YMIR_DETECTOR_CPU_PROCESSES`` (the same code path on the gloo backend, which is how it is tested)."""
+    if gpus > 0 and torch.cuda.is_available():
+        return gpus if gpus > 1 and torch.cuda.device_count() >= gpus else 1
+    return max(1, int(os.environ.get("YMIR_DETECTOR_CPU_PROCESSES") or 1))
 
 
 def _worker(
@@ -193,14 +203,16 @@ def _worker(
     monitor: Monitor | None = None,
 ) -> None:
     distributed = world > 1
+    use_cuda = int(env.config.get("gpu_count") or 0) > 0 and torch.cuda.is_available()
     if distributed:
         import torch.distributed as dist
 
-        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        torch.cuda.set_device(rank)
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        if use_cuda:
+            torch.cuda.set_device(rank)
     main = rank == 0
     monitor = monitor or Monitor(env)
-    use_cuda = int(env.config.get("gpu_count") or 0) > 0 and torch.cuda.is_available()
     device = torch.device(f"cuda:{rank}" if use_cuda else "cpu")
     if opts["workers"]:
         torch.set_num_threads(int(opts["workers"]))
@@ -217,15 +229,21 @@ def _worker(
         model.load_state_dict(usable, strict=False)
         opts["model_size"] = pretrained["model_size"]
     model.to(device)
-    if distributed:
+    if distributed and use_cuda:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    samples = [load(item, size) for item in train_items[rank::world]]
+    # every process the same number of images, hence of steps: DDP's all-reduce waits for each of them
+    share = len(train_items) // world
+    samples = [load(item, size) for item in train_items[rank::world][:share]]
     val = [load(item, size) for item in val_items] if main else []
     if main:
         monitor.progress(0.05, force=True)
     batches = Batches(samples, size, opts["batch_size"], opts["seed"] + rank)
     batches.mosaic_p = float(opts["mosaic"])
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank]) if distributed else model
+    net = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if use_cuda else None)
+        if distributed
+        else model
+    )
     optimiser = torch.optim.AdamW(model.parameters(), lr=opts["learning_rate"], weight_decay=opts["weight_decay"])
     total_steps = opts["epochs"] * len(batches)
     schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -81,7 +81,7 @@ def test_the_detector_trains_mines_and_infers_through_the_contract(trainer, work
 
     # mining ranks every candidate with each strategy; the top-k land with their pre-annotations
     ranked = {}
-    for strategy in ("random", "entropy", "margin", "aldd", "cald", "cost_aware"):
+    for strategy in ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd"):
         mining = _run(
             jobs.job_submit(
                 task_type="mining",
@@ -109,6 +109,61 @@ def test_the_detector_trains_mines_and_infers_through_the_contract(trainer, work
             assert box["class_name"] in CLASSES and 0 <= box["score"] <= 1 and box["box"]["w"] > 0
     val.refresh_from_db()
     assert val.pred_box_count == inference.result["infer"]["boxes"] > 0
+
+
+SHIFT_SCRIPT = """
+import io, json, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+from ymir_detector.data import to_tensor
+from ymir_detector.mine import better_rank, scores_for, shift_hooks
+from ymir_detector.model import Detector
+from datasets.demo import field_condition, make_image
+from PIL import Image
+
+def batch(indices, scene):
+    arrays = [np.asarray(Image.open(io.BytesIO(make_image(5, i, 128, 128, scene)[0])).convert("RGB")) for i in indices]
+    return to_tensor(np.stack(arrays))
+
+torch.manual_seed(0)
+model = Detector(8)
+for m in model.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+        m.momentum = None  # a plain average over the batches below: the statistics of a lab training set
+model.train()
+with torch.no_grad():
+    for start in range(0, 48, 16):
+        model(batch(range(start, start + 16), "lab"))
+model.eval()
+field = list(range(1000, 1200))
+found, handles = shift_hooks(model)
+with torch.no_grad():
+    aldd, _ = scores_for("aldd", model, batch(field, "field"), 0.05)
+shift = torch.stack(found).mean(dim=0).tolist()
+for h in handles:
+    h.remove()
+combined = better_rank(aldd, shift)
+conditions = [field_condition(5, i) for i in field]
+top = [conditions[i] for i in np.argsort(combined)[::-1][:20]]
+print(json.dumps({"top": top, "dim_share": conditions.count("dim") / len(conditions), "ranks": sorted(combined)[-3:]}))
+"""
+
+
+def test_the_shift_score_ranks_images_unlike_the_training_set_first():
+    """Batch-norm statistics of lab images; in a field pool, the dark frames are the most unfamiliar."""
+    python = detector_python()
+    done = subprocess.run(
+        [python, "-c", SHIFT_SCRIPT, str(settings.YMIR_DETECTOR_FOLDER)],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(done.stdout)
+    assert figures["top"].count("dim") >= 6, figures  # a random 20 holds about 2
+    assert figures["dim_share"] < 0.2
+    assert max(figures["ranks"]) == 1.0
 
 
 def _nan_checkpoint(tmp_path) -> str:

@@ -8,7 +8,12 @@ Strategies (``strategy`` in mining-template.yaml):
   probabilities and the pooled entropy, over the heatmap;
 - ``cald``: consistency under a horizontal flip and a rescale (CALD): 1 - how well the detections agree;
 - ``cost_aware``: entropy divided by the expected number of boxes, so an image is not chosen just for
-  holding many objects (plain entropy correlates with the object count).
+  holding many objects (plain entropy correlates with the object count);
+- ``shift_aldd``: ALDD, plus how unfamiliar an image looks to the model: how far the statistics of its early
+  features (stem and stride 8) fall from the batch-norm statistics learned on the training set (mean squared
+  z-score of the channel means). An image scores its better rank of the two, so the picks are the most uncertain
+  images and the most unfamiliar ones. Uncertainty alone misses images the model is silent on (dark, noisy,
+  another camera): no detection there is uncertain, yet they are what the training set lacks.
 With ``run_infer`` the same forward pass also gives the predictions (pre-annotations)."""
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ymir_detector import contract
 from ymir_detector.contract import Env, ExecutorError, Monitor
@@ -27,13 +33,44 @@ from ymir_detector.evaluate import iou_matrix
 from ymir_detector.model import Detector, decode
 from ymir_detector.train import load_checkpoint
 
-STRATEGIES = ("random", "entropy", "margin", "aldd", "cald", "cost_aware")
+STRATEGIES = ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd")
 DEFAULTS: dict[str, Any] = {"strategy": "aldd", "batch_size": 16, "conf_threshold": 0.05, "seed": 0}
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     p = p.clamp(1e-6, 1 - 1e-6)
     return -(p * torch.log(p) + (1 - p) * torch.log(1 - p))
+
+
+def shift_hooks(model: Detector) -> tuple[list[torch.Tensor], list[Any]]:
+    """Hooks on the early batch norms that append, per forward pass, each image's mean squared z-score of its
+    channel means against the running statistics (remove the returned handles when done)."""
+    found: list[torch.Tensor] = []
+
+    def hook(module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        assert module.running_mean is not None and module.running_var is not None
+        means = inputs[0].mean(dim=(2, 3))
+        z = (means - module.running_mean) / torch.sqrt(module.running_var + module.eps)
+        found.append((z**2).mean(dim=1))
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in [*model.stem.modules(), *model.c8.modules()]
+        if isinstance(m, nn.BatchNorm2d)
+    ]
+    return found, handles
+
+
+def better_rank(first: list[float], second: list[float]) -> list[float]:
+    """Each image's better rank (0..1, 1 = top) of two scores."""
+
+    def ranks(values: list[float]) -> np.ndarray:
+        order = np.argsort(np.asarray(values), kind="stable")
+        out = np.empty(len(values))
+        out[order] = np.arange(len(values)) / max(1, len(values) - 1)
+        return out
+
+    return np.maximum(ranks(first), ranks(second)).tolist()
 
 
 def scores_for(
@@ -99,15 +136,21 @@ def run(env: Env, monitor: Monitor) -> None:
     scored: list[tuple[str, float]] = []
     predictions: dict[str, list[dict[str, Any]]] = {}
     batch = int(opts["batch_size"])
+    shifted = opts["strategy"] == "shift_aldd"
+    shifts: list[float] = []
+    found, handles = shift_hooks(model) if shifted else ([], [])
+    strategy = {"random": "entropy", "shift_aldd": "aldd"}.get(opts["strategy"], opts["strategy"])
     with torch.no_grad():
         for start in range(0, len(items), batch):
             chunk = items[start : start + batch]
             loaded = [letterbox(item.image, size) for item in chunk]
             images = to_tensor(np.stack([img for img, _s, _o in loaded]))
-            strategy = "entropy" if opts["strategy"] == "random" else opts["strategy"]
             values, (boxes, det_scores, classes) = scores_for(strategy, model, images, float(opts["conf_threshold"]))
             if opts["strategy"] == "random":
                 values = [rng.random() for _ in chunk]
+            if shifted:
+                shifts += torch.stack(found).mean(dim=0).tolist()
+                found.clear()
             for i, item in enumerate(chunk):
                 scored.append((item.image, values[i]))
                 if env.run_infer:
@@ -115,6 +158,11 @@ def run(env: Env, monitor: Monitor) -> None:
                         boxes[i], det_scores[i], classes[i], loaded[i], names, wanted, opts
                     )
             monitor.progress(0.05 + 0.9 * min(1.0, (start + batch) / len(items)))
+    for handle in handles:
+        handle.remove()
+    if shifted:
+        combined = better_rank([v for _i, v in scored], shifts)
+        scored = [(image, value) for (image, _v), value in zip(scored, combined, strict=True)]
     contract.write_mining_result(env, scored)
     if env.run_infer:
         contract.write_infer_result(env, predictions)

@@ -9,7 +9,9 @@ Service: gunicorn (1 worker, 8 threads, the production image's server) on loopba
 on, the rate limit off; first as the inference service runs in production (the ``deployment`` compose
 service, ``ymir.settings_serving``: the API alone), then, single client only, as the web process (every page
 middleware). Single-client latency: one keep-alive connection, median of 300 requests; the baseline is the
-median of 150 raw calls before them and 150 after (drift of a shared machine falls on both). Load: wrk with
+median of 150 raw calls before them and 150 after (drift of a shared machine falls on both); then the same with
+wrk on one connection. Images: the demo's 640x480 JPEG (the target is judged on it) and, for the service, a
+1920x1080 frame as a camera sends (more decoding, so the service's fixed cost weighs less). Load: wrk with
 50 connections for 30 s (``apt-get install wrk``, client timeout 30 s); requests/s, p50/p99 latency, non-2xx
 responses and socket errors.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import os
 import re
@@ -93,15 +96,17 @@ def main() -> None:
     algorithm = algorithm_publish(user=user, stage=stage)
     _token, secret = token_issue(user=user, name="bench", kind="personal", days=None)
     data, _boxes = make_image(5, 1, 640, 480)
+    camera, _boxes = make_image(5, 1, 1920, 1080)
     path = algorithm_path(algorithm)
 
-    def raw_call() -> float:  # decode + onnxruntime, in this process
+    def raw_call(image: bytes = data) -> float:  # decode + onnxruntime, in this process
         started = time.perf_counter()
-        onnx_predict.predict(path, [onnx_predict.decode_image(data)])
+        onnx_predict.predict(path, [onnx_predict.decode_image(image)])
         return time.perf_counter() - started
 
     for _ in range(20):
         raw_call()
+        raw_call(camera)
     raw_rate = max(raw_throughput(path, data, n, 20) for n in (1, 2))
 
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "image/jpeg"}
@@ -112,8 +117,11 @@ def main() -> None:
     ):
         print(label)
         with served_by(settings_module) as port:
+            print("  640x480 image:")
             single_client(port, url, data, headers, raw_call, args.requests)
-            if load:
+            if load:  # the same for a camera's frame: decoding it costs more, the service's share less
+                print("  1920x1080 image:")
+                single_client(port, url, camera, headers, functools.partial(raw_call, camera), args.requests)
                 under_load(port, url, data, headers, raw_rate, args.seconds, args.connections)
 
 

@@ -113,9 +113,7 @@ def throughput(model_dir: Path, images: list[str]) -> dict:
     feed = {"images": tensor.numpy()}
     ckpt = load_checkpoint([str(model_dir / "model.pt")])
     assert ckpt is not None
-    model = Detector(len(ckpt["class_names"]), ckpt["model_size"])
-    model.load_state_dict(ckpt["state_dict"])
-    decoder = Decode(model.eval())
+    decoder = Decode(Detector.from_checkpoint(ckpt).eval())
 
     def rate(fn: Any) -> float:
         for _ in range(3):

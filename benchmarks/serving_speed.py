@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn")
+    parser.add_argument("--service-only", action="store_true", help="skip the web process")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed for the load part: apt-get install wrk")
@@ -115,8 +117,10 @@ def main() -> None:
         ("inference service (ymir.settings_serving)", "ymir.settings_serving", True),
         ("web process (ymir.settings, every page middleware)", "ymir.settings", False),
     ):
-        print(label)
-        with served_by(settings_module) as port:
+        if args.service_only and not load:
+            continue
+        print(label, f"[{args.server}]")
+        with served_by(settings_module, args.server) as port:
             print("  640x480 image:")
             single_client(port, url, data, headers, raw_call, args.requests)
             if load:  # the same for a camera's frame: decoding it costs more, the service's share less
@@ -126,27 +130,20 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def served_by(settings_module: str) -> Iterator[int]:
+def served_by(settings_module: str, server_kind: str) -> Iterator[int]:
     port = 18765
     env = {**os.environ, "YMIR_DB_CONN_MAX_AGE": "600", "DJANGO_SETTINGS_MODULE": settings_module}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "ymir.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--threads",
-            "8",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
+    command = (
+        {
+            "gunicorn": "-m gunicorn ymir.wsgi:application --bind 127.0.0.1:{port} --workers 1 --threads 8 "
+            "--log-level warning",
+            "granian": "-m granian --interface wsgi ymir.wsgi:application --host 127.0.0.1 --port {port} --workers 1 "
+            "--blocking-threads 8 --runtime-threads 1 --log-level warning --no-ws",
+        }[server_kind]
+        .format(port=port)
+        .split()
     )
+    server = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env)
     try:
         for _ in range(100):
             try:

@@ -15,12 +15,12 @@ from datasets.models import DatasetVersion
 from datasets.services import demo_classes_ensure, demo_import_start, import_execute
 from datasets.store import asset_path
 from models_app import jobs
-from models_app.executors import detector_register
+from models_app.executors import detector_register, image_add, image_inspect
 from models_app.landing import model_dir
 from models_app.models import ModelVersion, Task
 from models_app.taskdir import task_dir
 from tests.detector_util import detector_python, run_direct, task_folder
-from tests.executors_util import until
+from tests.executors_util import engine_or_skip, until
 from tests.factories import ProjectFactory
 
 pytestmark = pytest.mark.django_db
@@ -181,6 +181,50 @@ def _nan_checkpoint(tmp_path) -> str:
     return str(path)
 
 
+OLD_CHECKPOINT = """
+import json, sys, torch
+from ymir_detector.model import Detector
+torch.manual_seed(0)
+model = Detector(8, "s", "full")
+if sys.argv[1] == "write":  # as saved before the separable head existed: no model_head key
+    torch.save({"state_dict": model.state_dict(), "class_names": [f"c{i}" for i in range(8)], "image_size": 128,
+                "model_size": "s", "format": "ymir-detector/1"}, sys.argv[2])
+else:
+    saved = torch.load(sys.argv[2], weights_only=True)
+    print(json.dumps({"head": saved.get("model_head")}))
+"""
+
+
+def test_a_model_saved_before_the_separable_head_still_trains_on_and_mines(tmp_path):
+    """Checkpoints name their head since the separable one became the default; one that names none is the
+    full-convolution network it was trained as: it loads for mining and as pretrained weights, and the model
+    trained from it keeps that head."""
+    python = detector_python()
+    root = task_folder(tmp_path, train=4, val=3)
+    old = tmp_path / "old.pt"
+    folder = settings.YMIR_DETECTOR_FOLDER
+    subprocess.run([python, "-c", OLD_CHECKPOINT, "write", str(old)], cwd=folder, check=True)
+
+    exit_code, _monitor, log = run_direct(root, "mining", {"strategy": "aldd", "model_params_path": [str(old)]})
+    assert exit_code == 0, log[-2000:]
+    assert len((root / "out" / "result.tsv").read_text().splitlines()) == 3
+
+    config = {"epochs": 1, "image_size": 128, "batch_size": 2, "pretrained_model_params": [str(old)]}
+    exit_code, _monitor, log = run_direct(root, "training", config)
+    assert exit_code == 0, log[-2000:]
+    trained = root / "out" / "models" / "best" / "model.pt"
+    read = subprocess.run([python, "-c", OLD_CHECKPOINT, "read", str(trained)], cwd=folder, capture_output=True)
+    assert json.loads(read.stdout)["head"] == "full"
+
+    fresh = tmp_path / "fresh"
+    task_folder(fresh, train=4, val=3)
+    exit_code, _monitor, log = run_direct(fresh, "training", {k: v for k, v in config.items() if "pretrained" not in k})
+    assert exit_code == 0, log[-2000:]
+    fresh_model = fresh / "out" / "models" / "best" / "model.pt"
+    read = subprocess.run([python, "-c", OLD_CHECKPOINT, "read", str(fresh_model)], cwd=folder, capture_output=True)
+    assert json.loads(read.stdout)["head"] == "separable"
+
+
 def test_distributed_data_parallel_trains_with_two_processes(tmp_path):
     """The multi-GPU path (one process per GPU, all-reduced gradients) on the gloo backend, two CPU processes:
     an odd number of images still gives each process the same number of steps (else the all-reduce would wait
@@ -232,3 +276,37 @@ def test_bad_input_ends_in_a_ymir_error_code(tmp_path, case, task, code):
     fields = monitor.rstrip("\n").split("\t")
     assert exit_code != 0 and fields[3] == "4" and fields[4] == code, (case, monitor, log[-2000:])
     assert len(fields) == 6 and fields[5]  # a message
+
+
+def test_the_cpu_image_builds_offline_and_trains_mines_and_infers_in_a_container(admin_user, trainer, workspace):
+    """executors/Dockerfile.cpu, built as build-offline.sh builds it where no registry is reachable (a Debian
+    base from debootstrap, wheels lent to a build with no network), added by an admin like any image and run by
+    the Docker runner (podman here): training, mining and inference end done."""
+    engine_or_skip()
+    tag = "localhost/ymir-test/detector:cpu"
+    built = subprocess.run(
+        ["bash", str(settings.BASE_DIR / "executors" / "build-offline.sh"), tag],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert built.returncode == 0 and built.stdout.strip() == tag, built.stderr[-3000:]
+    image = image_add(user=admin_user, name="detector-cpu", reference=tag)
+    assert image_inspect(image.pk) == "ready"
+    image.refresh_from_db()
+    assert image.task_types == ["training", "mining", "infer"] and image.kind == "docker"
+
+    demo_classes_ensure(trainer)
+    project = ProjectFactory(owner=trainer)
+    train, val = _dataset(trainer, project, "train", 16, 0), _dataset(trainer, project, "val", 6, 16)
+    common = {"user": trainer, "project": project, "image": image, "class_names": list(CLASSES)}
+    config = {"epochs": 2, "save_every_epochs": 2, "batch_size": 4, "image_size": 128}
+    training = _run(jobs.job_submit(task_type="training", train=train, val=val, user_config=config, **common))
+    version = ModelVersion.objects.get(pk=training.result["landed"]["model_version"])
+    best = version.stages.get(name="best")
+    assert best.files == ["best/model.pt", "best/model.onnx"]
+    mining = _run(jobs.job_submit(task_type="mining", candidates=val, model_stage=best, top_k=3, **common))
+    assert mining.result["mining"]["count"] == 6
+    inference = _run(jobs.job_submit(task_type="infer", candidates=val, model_stage=best, **common))
+    assert inference.result["infer"]["images"] == 6

@@ -22,8 +22,7 @@ from ymir_detector.train import load_checkpoint
 def compare(model_dir: Path, images: list[str]) -> dict[str, float]:
     checkpoint = load_checkpoint([str(model_dir / "model.pt")])
     assert checkpoint is not None
-    model = Detector(len(checkpoint["class_names"]), str(checkpoint["model_size"]))
-    model.load_state_dict(checkpoint["state_dict"])
+    model = Detector.from_checkpoint(checkpoint)
     decoder = Decode(model.eval())
     sess, _names, size = session([str(model_dir / "model.onnx")], use_gpu=False)
     batch = np.stack([letterbox(path, size)[0] for path in images])

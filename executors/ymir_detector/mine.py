@@ -124,8 +124,7 @@ def run(env: Env, monitor: Monitor) -> None:
     if checkpoint is None:
         raise ExecutorError("300003", "model_params_path holds no model.pt")
     names = list(checkpoint["class_names"])
-    model = Detector(len(names), str(checkpoint["model_size"]))
-    model.load_state_dict(checkpoint["state_dict"])
+    model = Detector.from_checkpoint(checkpoint)
     model.eval()
     size = int(checkpoint["image_size"])
     wanted = {n.lower() for n in env.class_names} or {n.lower() for n in names}

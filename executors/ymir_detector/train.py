@@ -20,11 +20,12 @@ from ymir_detector import contract
 from ymir_detector.contract import Env, ExecutorError, Monitor
 from ymir_detector.data import Batches, Sample, load, to_tensor
 from ymir_detector.evaluate import mean_ap
-from ymir_detector.model import SIZES, Decode, Detector, focal_loss, giou_loss, targets
+from ymir_detector.model import HEADS, SIZES, Decode, Detector, checkpoint_head, focal_loss, giou_loss, targets
 from ymir_detector.tensorboard import EventWriter
 
 DEFAULTS: dict[str, Any] = {
     "model_size": "s",
+    "model_head": "separable",
     "epochs": 30,
     "batch_size": 16,
     "learning_rate": 0.003,
@@ -48,6 +49,7 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
         "image_size": lambda v: isinstance(v, int) and 64 <= v <= 2048 and v % 32 == 0,
         "save_every_epochs": lambda v: isinstance(v, int) and v >= 1,
         "model_size": lambda v: v in SIZES,
+        "model_head": lambda v: v in HEADS,
         "mosaic": lambda v: isinstance(v, int | float) and 0 <= v <= 1,
         "workers": lambda v: isinstance(v, int) and v >= 0,
     }
@@ -57,12 +59,13 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def checkpoint(model: torch.nn.Module, class_names: list[str], opts: dict[str, Any]) -> dict[str, Any]:
+def checkpoint(model: Detector, class_names: list[str], opts: dict[str, Any]) -> dict[str, Any]:
     return {
         "state_dict": model.state_dict(),
         "class_names": class_names,
         "image_size": opts["image_size"],
         "model_size": opts["model_size"],
+        "model_head": model.head,
         "format": "ymir-detector/1",
     }
 
@@ -221,13 +224,14 @@ def _worker(
     size = opts["image_size"]
 
     pretrained = load_checkpoint([str(p) for p in env.config.get("pretrained_model_params") or []])
-    model = Detector(len(class_names), str(pretrained["model_size"]) if pretrained else opts["model_size"])
+    if pretrained:  # the pretrained model's shape wins
+        opts["model_size"], opts["model_head"] = str(pretrained["model_size"]), checkpoint_head(pretrained)
+    model = Detector(len(class_names), opts["model_size"], opts["model_head"])
     model.class_names = list(class_names)
     if pretrained:
         own = model.state_dict()
         usable = {k: v for k, v in pretrained["state_dict"].items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(usable, strict=False)
-        opts["model_size"] = pretrained["model_size"]
     model.to(device)
     if distributed and use_cuda:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -16,6 +16,7 @@ wrk on one connection. Images: the demo's 640x480 JPEG (the target is judged on 
 responses and socket errors.
 
     DATABASE_URL=postgres://... .venv/bin/python benchmarks/serving_speed.py [--seconds 30 --connections 50]
+        [--server granian (a Rust HTTP front, for comparison: pip install granian)] [--service-only]
 """
 
 from __future__ import annotations

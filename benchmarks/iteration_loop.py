@@ -4,13 +4,14 @@ Synthetic Lego-like data: ``--train`` labelled images, a ``--pool``-image unlabe
 truth answers the oracle labeller), a ``--val``-image validation set. Each seed runs one iteration with the
 random control on: every round the mined arm mines ``--add`` images with the last model (``--strategy``),
 the control samples as many at random from the same prepared pool; both are labelled by the oracle, merged,
-and retrained from their previous model the same way. The platform evaluates every stage on the validation
+and retrained from their previous model the same way. As in seed 002, the loop starts from a good model:
+each seed first trains an initial model on the training set for ``--initial-epochs``. The platform evaluates every stage on the validation
 set; the best stage's mAP50 per round is reported for both arms, and the uplift (mined - random), the
 baseline measured in the same run. Steps are started as a user would (``auto_mined``), runs go through a
 real Celery worker, the local runner and the built-in detector.
 
     DATABASE_URL=postgres://... .venv/bin/python benchmarks/iteration_loop.py \\
-        [--train 100 --pool 1181 --add 20 --rounds 4 --seeds 3 --val 100 --epochs 10 --size 160]
+        [--train 100 --pool 1181 --add 20 --rounds 4 --seeds 3 --val 100 --epochs 10 --size 160 --initial-epochs 40]
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=160)
+    parser.add_argument(
+        "--initial-epochs",
+        type=int,
+        default=40,
+        help="train each seed's initial model this long first (seed 002 starts from a good model); "
+        "0: the loop's round 0 trains it with --epochs",
+    )
     parser.add_argument("--strategy", default="aldd")
     parser.add_argument(
         "--scene",
@@ -54,8 +62,10 @@ def main() -> None:
     from datasets.services import demo_classes_ensure, demo_import_start, import_execute
     from iterations import services as loop
     from iterations.models import Iteration
+    from models_app import jobs
     from models_app.executors import detector_register
     from models_app.jobs import host_name, host_queue
+    from models_app.models import ModelVersion, Task
     from projects.models import Project
 
     env = {**os.environ, "YMIR_DB_CONN_MAX_AGE": "0"}
@@ -110,6 +120,32 @@ def main() -> None:
         table: dict[str, dict[int, list[float]]] = {"mined": {}, "random": {}}
         for seed in range(args.seeds):
             project = Project.objects.create(owner=user, name=f"seed {seed}")
+            initial = None
+            if args.initial_epochs:
+                t0 = time.perf_counter()
+                task = jobs.job_submit(
+                    user=user,
+                    image=image,
+                    task_type="training",
+                    class_names=sorted(train.class_counts.get("gt", {})),
+                    project=project,
+                    train=train,
+                    val=val,
+                    user_config={
+                        **config,
+                        "epochs": args.initial_epochs,
+                        "save_every_epochs": args.initial_epochs,
+                        "seed": seed,
+                    },
+                    model_name="initial",
+                )
+                while Task.objects.get(pk=task.pk).state not in ("done", "error", "cancelled"):
+                    time.sleep(2)  # a benchmark's polling
+                task.refresh_from_db()
+                if task.state != "done":
+                    raise SystemExit(f"initial training: {task.error_code} {task.error_message}")
+                initial = ModelVersion.objects.get(pk=task.result["landed"]["model_version"]).stages.get(name="best")
+                print(f"seed {seed}: initial model, {args.initial_epochs} epochs in {time.perf_counter() - t0:.0f} s")
             iteration = loop.iteration_create(
                 user=user,
                 project=project,
@@ -117,6 +153,7 @@ def main() -> None:
                 train_version=train,
                 pool_version=pool,
                 val_version=val,
+                initial_stage=initial,
                 training_image=image,
                 mining_image=image,
                 class_names=sorted(train.class_counts.get("gt", {})),

@@ -5,13 +5,14 @@ truth answers the oracle labeller), a ``--val``-image validation set. Each seed 
 random control on: every round the mined arm mines ``--add`` images with the last model (``--strategy``),
 the control samples as many at random from the same prepared pool; both are labelled by the oracle, merged,
 and retrained from their previous model the same way. As in seed 002, the loop starts from a good model:
-each seed first trains an initial model on the training set for ``--initial-epochs``. The platform evaluates every stage on the validation
-set; the best stage's mAP50 per round is reported for both arms, and the uplift (mined - random), the
-baseline measured in the same run. Steps are started as a user would (``auto_mined``), runs go through a
+each seed first trains an initial model on the training set for ``--initial-epochs``. The platform evaluates
+every stage on the validation set; the best stage's mAP50 per round is reported for both arms, and the uplift
+(mined - random), the baseline measured in the same run. Steps are started as a user would (``auto_mined``), runs go through a
 real Celery worker, the local runner and the built-in detector.
 
     DATABASE_URL=postgres://... .venv/bin/python benchmarks/iteration_loop.py \\
-        [--train 100 --pool 1181 --add 20 --rounds 4 --seeds 3 --val 100 --epochs 10 --size 160 --initial-epochs 40]
+        [--train 100 --pool 1181 --add 20 --rounds 4 --seeds 3 --val 100 --epochs 10 --size 160 \\
+         --initial-epochs 40]
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ the control samples as many at random from the same prepared pool; both are labe
 and retrained from their previous model the same way. As in seed 002, the loop starts from a good model:
 each seed first trains an initial model on the training set for ``--initial-epochs``. The platform evaluates
 every stage on the validation set; the best stage's mAP50 per round is reported for both arms, and the uplift
-(mined - random), the baseline measured in the same run. Steps are started as a user would (``auto_mined``), runs go through a
-real Celery worker, the local runner and the built-in detector.
+(mined - random), the baseline measured in the same run. Steps are started as a user would (``auto_mined``),
+runs go through a real Celery worker, the local runner and the built-in detector.
 
     DATABASE_URL=postgres://... .venv/bin/python benchmarks/iteration_loop.py \\
         [--train 100 --pool 1181 --add 20 --rounds 4 --seeds 3 --val 100 --epochs 10 --size 160 \\

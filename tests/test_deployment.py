@@ -131,6 +131,27 @@ def test_publish_and_predict_every_way_with_the_service_limits(stage, trainer, s
     assert _predict(api_as(trainer), algorithm["id"], bright).status_code == 200
 
 
+def test_the_rate_count_is_per_key_and_expires_with_its_window(settings):
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    from core.errors import Throttled
+
+    settings.YMIR_PREDICT_RATE, settings.YMIR_PREDICT_RATE_WINDOW = 2, 3600
+    services.rate_check("probe-a")
+    services.rate_check("probe-a")
+    with pytest.raises(Throttled):
+        services.rate_check("probe-a")
+    services.rate_check("probe-b")  # another token has its own count
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):  # the one-round-trip count sets the expiry (no key lives forever)
+        import time
+
+        key = backend.make_and_validate_key(f"ymir:predict:probe-a:{int(time.time() // 3600)}")
+        client = backend._cache.get_client(key)
+        assert int(client.get(key)) == 3 and 0 < client.ttl(key) <= 3601
+
+
 @pytest.mark.django_db
 def test_a_token_the_service_remembers_stops_working_once_revoked_or_its_user_deactivated(stage, trainer, admin_user):
     algorithm = _publish(trainer, stage.pk)

@@ -77,6 +77,22 @@ def ours(path: Path) -> float:
     return elapsed
 
 
+MIR_ENV = {
+    f"GIT_{who}_{what}": value
+    for who in ("AUTHOR", "COMMITTER")
+    for what, value in (("NAME", "bench"), ("EMAIL", "b@b"))
+}
+
+
+def mir_import_args(repo: Path, index: Path, gt: Path, folder: Path, rev: str) -> list[str]:
+    """The arguments of ``mir import`` of a VOC folder (images listed in ``index``) into branch ``rev``."""
+    return [
+        "import", "--root", str(repo), "--index-file", str(index), "--gt-dir", str(gt),
+        "--gen-dir", str(folder / "gen"), "--dst-rev", f"{rev}@{rev}", "-w", str(folder / "work"),
+        "--unknown-types-strategy", "add", "--anno-type", "det-box",
+    ]  # fmt: skip
+
+
 def mir_import(mir: str, path: Path, scratch: Path) -> float:
     import subprocess
 
@@ -87,40 +103,11 @@ def mir_import(mir: str, path: Path, scratch: Path) -> float:
     index.write_text("".join(f"{p}\n" for p in sorted((folder / "src" / "images").iterdir())))
     repo = folder / "repo"
     repo.mkdir()
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "b@b",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "b@b",
-    }
+    env = {**os.environ, **MIR_ENV}
     subprocess.run([mir, "init", "--root", str(repo)], check=True, capture_output=True, env=env)
     started = time.perf_counter()
-    subprocess.run(
-        [
-            mir,
-            "import",
-            "--root",
-            str(repo),
-            "--index-file",
-            str(index),
-            "--gt-dir",
-            str(folder / "src" / "gt"),
-            "--gen-dir",
-            str(folder / "gen"),
-            "--dst-rev",
-            "a@a",
-            "-w",
-            str(folder / "work"),
-            "--unknown-types-strategy",
-            "add",
-            "--anno-type",
-            "det-box",
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
+    arguments = mir_import_args(repo, index, folder / "src" / "gt", folder, "a")
+    subprocess.run([mir, *arguments], check=True, capture_output=True, env=env)
     return time.perf_counter() - started
 
 

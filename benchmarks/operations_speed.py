@@ -75,17 +75,11 @@ def main() -> None:
 
 def mir_operations(mir: str, n: int) -> dict[str, tuple[float, float]]:
     """(seconds, peak resident KiB) of ``mir merge`` and ``mir filter`` on two n-image branches."""
+    from import_speed import MIR_ENV, mir_import_args
     from PIL import Image
 
     folder = Path(tempfile.mkdtemp(prefix="ymir-bench-mir-"))
-    env = {
-        **os.environ,
-        **{
-            f"GIT_{who}_{what}": value
-            for who in ("AUTHOR", "COMMITTER")
-            for what, value in (("NAME", "bench"), ("EMAIL", "b@b"))
-        },
-    }
+    env = {**os.environ, **MIR_ENV}
     rng = random.Random(n)
 
     def run(*command: str) -> tuple[float, float]:
@@ -119,25 +113,7 @@ def mir_operations(mir: str, n: int) -> dict[str, tuple[float, float]]:
                 )
             index = folder / f"{branch}.tsv"
             index.write_text("".join(f"{p}\n" for p in sorted(images.iterdir())))
-            run(
-                "import",
-                "--root",
-                str(repo),
-                "--index-file",
-                str(index),
-                "--gt-dir",
-                str(gt),
-                "--gen-dir",
-                str(folder / "gen"),
-                "--dst-rev",
-                f"{branch}@{branch}",
-                "-w",
-                str(folder / "work"),
-                "--unknown-types-strategy",
-                "add",
-                "--anno-type",
-                "det-box",
-            )
+            run(*mir_import_args(repo, index, gt, folder, branch))
         return {
             "merge": run(
                 "merge",

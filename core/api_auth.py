@@ -16,6 +16,13 @@ class TokenAuth(HttpBearer):
         super().__init__()
         self.remember_seconds = remember_seconds
 
+    def __call__(self, request: HttpRequest) -> Any:
+        # ninja's reads request.headers, which parses every header of the request (a hot path: predict)
+        scheme, _space, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() != self.openapi_scheme or not token:
+            return None
+        return self.authenticate(request, token.strip())
+
     def authenticate(self, request: HttpRequest, token: str) -> Any:
         api_token = token_authenticate(token, remember_seconds=self.remember_seconds)
         if api_token is None:

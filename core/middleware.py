@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import translation
+from django.utils.cache import patch_vary_headers
 from django.utils.translation import gettext as _
 
 # Paths whose views stream large uploads to disk (dataset and model packages) get the upload limit.
@@ -64,4 +66,25 @@ class ApiErrorShapeMiddleware:
             )
             shaped["Allow"] = allowed
             return shaped
+        return response
+
+
+class ApiLanguageMiddleware:
+    """The caller's language (``Accept-Language``, else the default) for the API-only inference process:
+    Django's ``LocaleMiddleware`` less its URL-prefix checks, which need ``i18n_patterns`` this process does
+    not use (they ran three times a request, a fifth of the framework's time per prediction)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "HTTP_ACCEPT_LANGUAGE" in request.META or settings.LANGUAGE_COOKIE_NAME in request.COOKIES:
+            language = translation.get_language_from_request(request)
+        else:
+            language = settings.LANGUAGE_CODE
+        translation.activate(language)
+        request.LANGUAGE_CODE = translation.get_language()
+        response = self.get_response(request)
+        patch_vary_headers(response, ("Accept-Language",))
+        response.headers.setdefault("Content-Language", request.LANGUAGE_CODE)
         return response

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from django.test import Client
+from django.urls import resolve
 from PIL import Image
 
 from core.tokens import token_issue, token_revoke
@@ -186,10 +187,24 @@ def test_the_inference_service_process_serves_the_api_alone(stage, trainer, sett
         headers={**api._headers(), "Accept-Language": "zh-hans"},
     )
     assert chinese.status_code == 422 and "图片" in chinese.json()["error"]["message"]
+    assert chinese["Content-Language"] == "zh-hans" and "Accept-Language" in chinese["Vary"]
+    english = _predict(api, algorithm["id"], b"plain text", "image/png")  # the last caller's language does not stick
+    assert english.status_code == 422 and "image" in english.json()["error"]["message"]
+    assert english["Content-Language"] == "en"
     assert Client().get("/healthz").status_code == 200
     page = Client().get("/projects/")
     assert page.status_code == 404 and page.json()["error"]["code"] == "not_found"  # no pages here
     assert Client().get("/accounts/login/").status_code == 404
+
+
+def test_the_predict_route_is_tried_first_and_every_route_kept():
+    from ymir.api import api, api_urls
+
+    ordered, _app, _namespace = api_urls()
+    assert ordered[0].name == "algorithm_predict"  # Django tries patterns in order: the hot path first
+    assert sorted(str(p.pattern) for p in ordered) == sorted(str(p.pattern) for p in api.urls[0])
+    assert resolve("/api/v1/algorithms/7/predict").url_name == "algorithm_predict"
+    assert resolve("/api/v1/algorithms/7").url_name != "algorithm_predict"
 
 
 @pytest.mark.django_db

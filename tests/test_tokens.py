@@ -26,6 +26,16 @@ def test_password_exchange_issues_a_working_token(trainer):
     assert me.status_code == 200 and me.json()["username"] == trainer.username
     stored = ApiToken.objects.get(user=trainer)
     assert raw not in (stored.key_hash, stored.prefix) and len(stored.key_hash) == 64
+    client = Client()
+    for header, status in (
+        (f"bearer {raw}", 200),  # the scheme in any letter case
+        (f"Bearer  {raw} ", 200),
+        (f"Basic {raw}", 401),
+        (raw, 401),
+        ("Bearer", 401),
+        ("Bearer ", 401),
+    ):
+        assert client.get("/api/v1/me", headers={"Authorization": header}).status_code == status, header
 
 
 def test_wrong_password_issues_no_token(trainer):

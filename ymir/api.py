@@ -119,3 +119,13 @@ api.add_router("", tasks_router)
 api.add_router("", labelling_router)
 api.add_router("", iterations_router)
 api.add_router("", deployment_router)
+
+
+HOT_ROUTES = ("algorithm_predict",)
+
+
+def api_urls() -> tuple[list[Any], str, str]:
+    """The API's URL patterns with the inference route first. Django tries patterns in order, about 6 µs
+    each for the API's; the predict route, registered 63rd of 72, cost 0.4 ms a prediction to find."""
+    patterns, app_name, namespace = api.urls
+    return sorted(patterns, key=lambda p: p.name not in HOT_ROUTES), app_name, namespace

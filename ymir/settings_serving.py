@@ -11,6 +11,6 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.RequestSizeLimitMiddleware",
     "core.middleware.ApiErrorShapeMiddleware",
-    "django.middleware.locale.LocaleMiddleware",  # error messages in the caller's language
+    "core.middleware.ApiLanguageMiddleware",  # error messages in the caller's language
 ]
 ROOT_URLCONF = "ymir.urls_serving"

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from ymir.api import api
+from ymir.api import api_urls
 
 admin.site.site_header = "YMIR console"
 admin.site.site_title = "YMIR console"
@@ -9,7 +9,7 @@ admin.site.index_title = "Platform administration"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/v1/", api.urls),
+    path("api/v1/", api_urls()),
     path("i18n/", include("django.conf.urls.i18n")),
     path("projects/", include("projects.urls")),
     path("", include("models_app.urls")),

@@ -5,10 +5,10 @@ from django.urls import path
 from django.utils.translation import gettext as _
 
 from core import views
-from ymir.api import api
+from ymir.api import api_urls
 
 urlpatterns = [
-    path("api/v1/", api.urls),
+    path("api/v1/", api_urls()),
     path("healthz", views.healthz, name="healthz"),
 ]
 

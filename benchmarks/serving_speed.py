@@ -7,7 +7,8 @@ from 1 and 2 threads for 20 s (throughput, the better of the two).
 
 Service: gunicorn (1 worker, 8 threads, the production image's server) on loopback, token auth and every check
 on, the rate limit off; first as the inference service runs in production (the ``deployment`` compose service,
-``ymir.settings_serving``: the API alone), then, single client only, as the web process (every page
+``ymir.settings_serving``: the API alone, plain predictions answered in front of Django by
+``deployment/fastpath.py``), then, single client only, as the web process (every page
 middleware). Single-client latency: in turns, five rounds of raw calls, one keep-alive http.client connection
 and wrk on one connection (``single_client``). Images: the demo's 640x480 JPEG (the target is judged on it)
 and, for the service, a 1920x1080 frame as a camera sends (more decoding, so the service's fixed cost weighs
@@ -208,7 +209,8 @@ def single_client(
         f"({inside_ms / raw_ms:.2f}x)\n"
         f"  one client, Python http.client: HTTP {http_ms:.2f} ms · ratio {http_ms / raw_ms:.2f}x\n"
         f"  one client, wrk 1 connection: HTTP p50 {wrk_ms:.2f} ms · ratio {wrk_ms / raw_ms:.2f}x "
-        f"(target <= 1.10x; rounds: {per_round})"
+        f"(target <= 1.10x; rounds: {per_round})\n"
+        f"  what HTTP adds to the service's own work (wrk p50 - inside): {wrk_ms - inside_ms:.2f} ms"
     )
 
 

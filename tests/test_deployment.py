@@ -207,6 +207,126 @@ def test_the_predict_route_is_tried_first_and_every_route_kept():
     assert resolve("/api/v1/algorithms/7").url_name != "algorithm_predict"
 
 
+def _environ(algorithm_id: int, body: bytes, secret: str, content_type: str = "image/png", query: str = "", **extra):
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": f"/api/v1/algorithms/{algorithm_id}/predict",
+        "QUERY_STRING": query,
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "testserver",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": content_type,
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_AUTHORIZATION": f"Bearer {secret}",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+        **extra,
+    }
+
+
+class _Served:
+    """The inference service's WSGI stack (the fast path in front of Django's handler, serving settings);
+    ``by_django`` counts the requests the fast path handed on."""
+
+    def __init__(self) -> None:
+        from django.core.handlers.wsgi import WSGIHandler
+
+        from deployment.fastpath import FastPredict
+
+        self.handler, self.by_django = WSGIHandler(), 0
+        self.app = FastPredict(self._django)
+
+    def _django(self, environ, start_response):
+        self.by_django += 1
+        return self.handler(environ, start_response)
+
+    def __call__(self, environ, app=None) -> tuple[int, dict[str, str], bytes]:
+        """One request; the connection checks off as the test client has them (they would end the test's
+        transaction)."""
+        from django.core import signals
+        from django.db import close_old_connections
+
+        answer: list = []
+        signals.request_started.disconnect(close_old_connections)
+        signals.request_finished.disconnect(close_old_connections)
+        try:
+            body = b"".join((app or self.app)(environ, lambda status, headers: answer.extend([status, headers])))
+        finally:
+            signals.request_started.connect(close_old_connections)
+            signals.request_finished.connect(close_old_connections)
+        return int(answer[0].split()[0]), dict(answer[1]), body
+
+
+@pytest.fixture
+def serving(settings):
+    from ymir import settings_serving
+
+    settings.ROOT_URLCONF, settings.MIDDLEWARE = settings_serving.ROOT_URLCONF, settings_serving.MIDDLEWARE
+    return _Served()
+
+
+@pytest.mark.django_db
+def test_the_fast_path_answers_plain_predictions_as_django_does(stage, trainer, serving):
+    algorithm = _publish(trainer, stage.pk)
+    _token, secret = token_issue(user=trainer, name="camera", kind="personal", days=None)
+    bright = image_bytes(200)
+    status, headers, body = serving(_environ(algorithm["id"], bright, secret, query="score_threshold=0.3"))
+    assert status == 200 and serving.by_django == 0
+    environ = _environ(algorithm["id"], bright, secret, query="score_threshold=0.3")
+    django_status, django_headers, django_body = serving(environ, app=serving.handler)
+    assert django_status == 200
+    fast, slow = json.loads(body), json.loads(django_body)
+    assert fast["results"] == slow["results"] and len(fast["results"][0]["boxes"]) == 2
+    assert set(fast["timing_ms"]) == set(slow["timing_ms"]) and fast["algorithm"] == slow["algorithm"]
+    assert {k: v for k, v in headers.items() if k != "Content-Length"} == {
+        k: v for k, v in django_headers.items() if k != "Content-Length"
+    }
+    assert int(headers["Content-Length"]) == len(body)
+    capped = json.loads(serving(_environ(algorithm["id"], bright, secret, query="max_boxes=1"))[2])
+    assert len(capped["results"][0]["boxes"]) == 1 and serving.by_django == 0
+
+
+@pytest.mark.django_db
+def test_the_fast_path_hands_everything_else_to_django(stage, trainer, serving, settings):
+    algorithm = _publish(trainer, stage.pk)
+    _token, secret = token_issue(user=trainer, name="camera", kind="personal", days=None)
+    bright = image_bytes(200)
+    for handed, (environ, status, code) in enumerate(
+        (
+            (_environ(algorithm["id"], bright, "ymir_notarealtoken"), 401, "unauthenticated"),
+            (_environ(algorithm["id"], bright, secret, HTTP_AUTHORIZATION=""), 401, "unauthenticated"),
+            (_environ(algorithm["id"] + 1000, bright, secret), 404, "not_found"),
+            (_environ(algorithm["id"], b"plain text", secret), 422, "invalid_image"),
+            (_environ(algorithm["id"], bright, secret, query="max_boxes=0"), 422, "invalid_max_boxes"),
+            (_environ(algorithm["id"], bright, secret, query="max_boxes=many"), 422, "invalid"),
+            (_environ(algorithm["id"], bright, secret, query="unknown=1"), 200, None),
+            (_environ(algorithm["id"], bright, secret, HTTP_ACCEPT_LANGUAGE="zh-hans"), 200, None),
+            (_environ(algorithm["id"], b"\0" * 64, secret, CONTENT_LENGTH=str(100 << 20)), 413, "too_large"),
+        ),
+        start=1,
+    ):
+        status_got, _headers, body = serving(environ)
+        assert (status_got, serving.by_django) == (status, handed), body
+        if code:
+            assert json.loads(body)["error"]["code"] == code
+    chinese = serving(_environ(algorithm["id"], b"plain text", secret, HTTP_ACCEPT_LANGUAGE="zh-hans"))
+    assert chinese[0] == 422 and "图片" in json.loads(chinese[2])["error"]["message"]
+    assert chinese[1]["Content-Language"] == "zh-hans"
+
+    # a request the fast path counted and then handed on is not counted twice; over the limit stays 429
+    settings.YMIR_PREDICT_RATE = 2
+    _token, fresh = token_issue(user=trainer, name="metered", kind="personal", days=None)
+    codes = [serving(_environ(algorithm["id"], data, fresh))[0] for data in (b"plain text", bright, bright, bright)]
+    assert codes == [422, 200, 429, 429]
+
+
 @pytest.mark.django_db
 def test_a_submission_is_invisible_to_others_until_an_admin_approves(stage, trainer, admin_user):
     algorithm = _publish(trainer, stage.pk)

@@ -277,6 +277,7 @@ YMIR_PREDICT_MAX_BYTES = env_int("YMIR_PREDICT_MAX_BYTES", 20 << 20)  # a predic
 YMIR_PREDICT_MAX_IMAGES = env_int("YMIR_PREDICT_MAX_IMAGES", 16)  # images per request (one batch)
 YMIR_PREDICT_RATE = env_int("YMIR_PREDICT_RATE", 600)  # requests per token per window (0: no limit)
 YMIR_PREDICT_RATE_WINDOW = env_int("YMIR_PREDICT_RATE_WINDOW", 60)  # seconds
+YMIR_PREDICT_FAST_PATH = False  # plain predictions answered in front of Django (on in ymir/settings_serving.py)
 YMIR_DEVICE_HEARTBEAT_SECONDS = env_int("YMIR_DEVICE_HEARTBEAT_SECONDS", 10)  # a device agent's beat
 
 # Iterations (docs/iterations.md): how often the beat moves active loops on; the oracle labeller (labels from

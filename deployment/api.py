@@ -158,6 +158,7 @@ def algorithm_predict(
     token = getattr(request, "api_token", None)
     if not request.META.get(fastpath.COUNTED):  # counted already when the fast path handed it on
         services.rate_check(str(token.pk) if token is not None else f"user{_user(request).pk}")
+    services.check_max_boxes(max_boxes)  # before any image is read (or fetched from its URL)
     return services.predict(algorithm, _images_from(request), score_threshold=score_threshold, max_boxes=max_boxes)
 
 

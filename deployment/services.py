@@ -312,6 +312,11 @@ def fetch_image(url: str) -> bytes:
     return b"".join(chunks)
 
 
+def check_max_boxes(max_boxes: int | None) -> None:
+    if max_boxes is not None and not 1 <= max_boxes <= 1000:
+        raise Invalid(_("max_boxes is between 1 and 1000."), code="invalid_max_boxes")
+
+
 def predict(
     algorithm: Algorithm, images: list[bytes], *, score_threshold: float | None = None, max_boxes: int | None = None
 ) -> dict[str, Any]:
@@ -320,8 +325,7 @@ def predict(
         raise Invalid(_("Send at least one image."), code="no_image")
     if len(images) > settings.YMIR_PREDICT_MAX_IMAGES:
         raise Invalid(_("At most %(n)d images per request.") % {"n": settings.YMIR_PREDICT_MAX_IMAGES}, code="too_many")
-    if max_boxes is not None and not 1 <= max_boxes <= 1000:
-        raise Invalid(_("max_boxes is between 1 and 1000."), code="invalid_max_boxes")
+    check_max_boxes(max_boxes)
     threshold = algorithm.score_threshold if score_threshold is None else score_threshold
     if not 0 <= threshold <= 1:
         raise Invalid(_("The score threshold must be between 0 and 1."), code="invalid_score_threshold")

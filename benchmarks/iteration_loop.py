@@ -24,6 +24,8 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from _setup import ROOT, django_on_scratch_database
 
@@ -179,6 +181,8 @@ def main() -> None:
                 if row["val50"] is not None:
                     table[r.arm].setdefault(r.number, []).append(row["val50"])
                     print(f"  seed {seed} round {r.number} {r.arm:6s} mAP50 {row['val50']:.3f}")
+            if args.scene == "field":
+                picked_conditions(iteration)
             print(f"seed {seed}: {args.rounds} rounds in {time.perf_counter() - t0:.0f} s", flush=True)
         print(
             f"\nmAP50 on the validation set (mean of {args.seeds} seeds; strategy {args.strategy}, "
@@ -201,6 +205,24 @@ def main() -> None:
     finally:
         worker.terminate()
         worker.wait(timeout=60)
+
+
+def picked_conditions(iteration: Any) -> None:
+    """What each arm picked from the field pool, by the demo's hidden condition of each image (lab-like, empty,
+    dim, small, crowded): does mining go where the model is weak?"""
+    from collections import Counter
+
+    from datasets.demo import FIELD_CONDITIONS, field_condition
+
+    for round_ in iteration.rounds.order_by("number", "arm"):
+        if round_.picked is None:
+            continue
+        counts: Counter[str] = Counter()
+        for name in round_.picked.items.values_list("name", flat=True):
+            _lego, seed, index = Path(name).stem.split("_")
+            counts[field_condition(int(seed), int(index))] += 1
+        shown = " ".join(f"{c} {counts[c]}" for c in FIELD_CONDITIONS)
+        print(f"  round {round_.number} {round_.arm:6s} picked: {shown}")
 
 
 if __name__ == "__main__":

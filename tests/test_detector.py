@@ -81,7 +81,7 @@ def test_the_detector_trains_mines_and_infers_through_the_contract(trainer, work
 
     # mining ranks every candidate with each strategy; the top-k land with their pre-annotations
     ranked = {}
-    for strategy in ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd"):
+    for strategy in ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd", "shift_mass"):
         mining = _run(
             jobs.job_submit(
                 task_type="mining",
@@ -164,6 +164,42 @@ def test_the_shift_score_ranks_images_unlike_the_training_set_first():
     assert figures["top"].count("dim") >= 6, figures  # a random 20 holds about 2
     assert figures["dim_share"] < 0.2
     assert max(figures["ranks"]) == 1.0
+
+
+MASS_SCRIPT = """
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from ymir_detector.mine import scores_for
+
+logit = lambda p: float(torch.logit(torch.tensor(p)))
+heat = torch.full((3, 2, 8, 8), -12.0)
+for y, x, c, p in [(1, 1, 0, 0.9), (4, 4, 1, 0.3), (6, 1, 0, 0.2), (3, 6, 1, 0.04)]:
+    heat[0, c, y, x] = logit(p)  # one sure part, two half-seen, one under the threshold
+heat[1, 0, 2, 2] = logit(0.95)  # only sure parts
+for y in range(0, 8, 2):
+    for x in range(0, 8, 2):
+        heat[2, 0, y, x] = logit(0.25)  # a heap of half-seen parts
+model = lambda images: (heat, torch.ones(3, 4, 8, 8))
+values, _ = scores_for("mass", model, torch.zeros(3, 3, 64, 64), 0.05)
+print(json.dumps(values))
+"""
+
+
+def test_the_uncertain_mass_sums_the_half_seen_detections():
+    """shift_mass's second signal: the summed scores between the confidence threshold and 0.5."""
+    done = subprocess.run(
+        [detector_python(), "-c", MASS_SCRIPT, str(settings.YMIR_DETECTOR_FOLDER)],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    half_seen, sure, heap = json.loads(done.stdout)
+    assert abs(half_seen - 0.5) < 1e-4  # 0.3 + 0.2; neither 0.9 nor 0.04 counts
+    assert sure == 0.0
+    assert abs(heap - 16 * 0.25) < 1e-3
 
 
 def _nan_checkpoint(tmp_path) -> str:

@@ -14,6 +14,10 @@ Strategies (``strategy`` in mining-template.yaml):
   z-score of the channel means). An image scores its better rank of the two, so the picks are the most uncertain
   images and the most unfamiliar ones. Uncertainty alone misses images the model is silent on (dark, noisy,
   another camera): no detection there is uncertain, yet they are what the training set lacks.
+- ``shift_mass``: the same shift score, beside the uncertain mass: the summed scores of the detections the
+  model half-sees (``conf_threshold`` to 0.5), which grows with the objects it is unsure of, so crowded heaps and
+  partly hidden parts rank high. An image scores its better rank of the two, so the picks split between the
+  unfamiliar images and the ones full of half-found objects.
 With ``run_infer`` the same forward pass also gives the predictions (pre-annotations)."""
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ymir_detector.evaluate import iou_matrix
 from ymir_detector.model import Detector, decode
 from ymir_detector.train import load_checkpoint
 
-STRATEGIES = ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd")
+STRATEGIES = ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd", "shift_mass")
 DEFAULTS: dict[str, Any] = {"strategy": "aldd", "batch_size": 16, "conf_threshold": 0.05, "seed": 0}
 
 
@@ -110,6 +114,9 @@ def scores_for(
                 out.append(float(h.sum()))
             elif strategy == "margin":
                 out.append(float(1 - (2 * (s - 0.5).abs()).min()) if len(s) else 0.0)
+            elif strategy == "mass":
+                all_scores = det_scores[i]
+                out.append(float(all_scores[(all_scores >= conf) & (all_scores < 0.5)].sum()))
             else:  # cost_aware
                 expected = float(det_scores[i][det_scores[i] > conf].sum())
                 out.append(float(h.sum()) / (1.0 + expected))
@@ -135,10 +142,10 @@ def run(env: Env, monitor: Monitor) -> None:
     scored: list[tuple[str, float]] = []
     predictions: dict[str, list[dict[str, Any]]] = {}
     batch = int(opts["batch_size"])
-    shifted = opts["strategy"] == "shift_aldd"
+    shifted = opts["strategy"] in ("shift_aldd", "shift_mass")
     shifts: list[float] = []
     found, handles = shift_hooks(model) if shifted else ([], [])
-    strategy = {"random": "entropy", "shift_aldd": "aldd"}.get(opts["strategy"], opts["strategy"])
+    strategy = {"random": "entropy", "shift_aldd": "aldd", "shift_mass": "mass"}.get(opts["strategy"], opts["strategy"])
     with torch.no_grad():
         for start in range(0, len(items), batch):
             chunk = items[start : start + batch]

@@ -33,7 +33,17 @@ from projects.models import Project
 
 logger = logging.getLogger(__name__)
 STEPS = ("prepare", "mine", "label", "merge", "train")
-STRATEGIES = ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd", "shift_mass")
+STRATEGIES = (
+    "random",
+    "entropy",
+    "margin",
+    "aldd",
+    "cald",
+    "cost_aware",
+    "shift_aldd",
+    "shift_mass",
+    "shift_aldd_mass",
+)
 State = Task.State
 
 

@@ -81,7 +81,17 @@ def test_the_detector_trains_mines_and_infers_through_the_contract(trainer, work
 
     # mining ranks every candidate with each strategy; the top-k land with their pre-annotations
     ranked = {}
-    for strategy in ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd", "shift_mass"):
+    for strategy in (
+        "random",
+        "entropy",
+        "margin",
+        "aldd",
+        "cald",
+        "cost_aware",
+        "shift_aldd",
+        "shift_mass",
+        "shift_aldd_mass",
+    ):
         mining = _run(
             jobs.job_submit(
                 task_type="mining",

@@ -18,6 +18,7 @@ Strategies (``strategy`` in mining-template.yaml):
   model half-sees (``conf_threshold`` to 0.5), which grows with the objects it is unsure of, so crowded heaps and
   partly hidden parts rank high. An image scores its better rank of the two, so the picks split between the
   unfamiliar images and the ones full of half-found objects.
+- ``shift_aldd_mass``: all three, ALDD, the shift score and the uncertain mass; the best rank of the three.
 With ``run_infer`` the same forward pass also gives the predictions (pre-annotations)."""
 
 from __future__ import annotations
@@ -37,7 +38,17 @@ from ymir_detector.evaluate import iou_matrix
 from ymir_detector.model import Detector, decode
 from ymir_detector.train import load_checkpoint
 
-STRATEGIES = ("random", "entropy", "margin", "aldd", "cald", "cost_aware", "shift_aldd", "shift_mass")
+STRATEGIES = (
+    "random",
+    "entropy",
+    "margin",
+    "aldd",
+    "cald",
+    "cost_aware",
+    "shift_aldd",
+    "shift_mass",
+    "shift_aldd_mass",
+)
 DEFAULTS: dict[str, Any] = {"strategy": "aldd", "batch_size": 16, "conf_threshold": 0.05, "seed": 0}
 
 
@@ -65,8 +76,8 @@ def shift_hooks(model: Detector) -> tuple[list[torch.Tensor], list[Any]]:
     return found, handles
 
 
-def better_rank(first: list[float], second: list[float]) -> list[float]:
-    """Each image's better rank (0..1, 1 = top) of two scores."""
+def better_rank(*scores: list[float]) -> list[float]:
+    """Each image's best rank (0..1, 1 = top) of several scores."""
 
     def ranks(values: list[float]) -> np.ndarray:
         order = np.argsort(np.asarray(values), kind="stable")
@@ -74,7 +85,12 @@ def better_rank(first: list[float], second: list[float]) -> list[float]:
         out[order] = np.arange(len(values)) / max(1, len(values) - 1)
         return out
 
-    return np.maximum(ranks(first), ranks(second)).tolist()
+    return np.max([ranks(values) for values in scores], axis=0).tolist()
+
+
+def uncertain_mass(det_scores: torch.Tensor, conf: float) -> float:
+    """The summed scores of one image's half-seen detections (``conf`` to 0.5)."""
+    return float(det_scores[(det_scores >= conf) & (det_scores < 0.5)].sum())
 
 
 def scores_for(
@@ -115,8 +131,7 @@ def scores_for(
             elif strategy == "margin":
                 out.append(float(1 - (2 * (s - 0.5).abs()).min()) if len(s) else 0.0)
             elif strategy == "mass":
-                all_scores = det_scores[i]
-                out.append(float(all_scores[(all_scores >= conf) & (all_scores < 0.5)].sum()))
+                out.append(uncertain_mass(det_scores[i], conf))
             else:  # cost_aware
                 expected = float(det_scores[i][det_scores[i] > conf].sum())
                 out.append(float(h.sum()) / (1.0 + expected))
@@ -142,10 +157,13 @@ def run(env: Env, monitor: Monitor) -> None:
     scored: list[tuple[str, float]] = []
     predictions: dict[str, list[dict[str, Any]]] = {}
     batch = int(opts["batch_size"])
-    shifted = opts["strategy"] in ("shift_aldd", "shift_mass")
+    shifted = opts["strategy"] in ("shift_aldd", "shift_mass", "shift_aldd_mass")
     shifts: list[float] = []
+    masses: list[float] = []
     found, handles = shift_hooks(model) if shifted else ([], [])
-    strategy = {"random": "entropy", "shift_aldd": "aldd", "shift_mass": "mass"}.get(opts["strategy"], opts["strategy"])
+    strategy = {"random": "entropy", "shift_aldd": "aldd", "shift_mass": "mass", "shift_aldd_mass": "aldd"}.get(
+        opts["strategy"], opts["strategy"]
+    )
     with torch.no_grad():
         for start in range(0, len(items), batch):
             chunk = items[start : start + batch]
@@ -157,6 +175,8 @@ def run(env: Env, monitor: Monitor) -> None:
             if shifted:
                 shifts += torch.stack(found).mean(dim=0).tolist()
                 found.clear()
+            if opts["strategy"] == "shift_aldd_mass":
+                masses += [uncertain_mass(row, float(opts["conf_threshold"])) for row in det_scores]
             for i, item in enumerate(chunk):
                 scored.append((item.image, values[i]))
                 if env.run_infer:
@@ -167,7 +187,7 @@ def run(env: Env, monitor: Monitor) -> None:
     for handle in handles:
         handle.remove()
     if shifted:
-        combined = better_rank([v for _i, v in scored], shifts)
+        combined = better_rank([v for _i, v in scored], shifts, *([masses] if masses else []))
         scored = [(image, value) for (image, _v), value in zip(scored, combined, strict=True)]
     contract.write_mining_result(env, scored)
     if env.run_infer:

@@ -14,6 +14,7 @@ from datasets.demo import CLASSES
 from datasets.models import DatasetVersion
 from datasets.services import demo_classes_ensure, demo_import_start, import_execute
 from datasets.store import asset_path
+from iterations.services import STRATEGIES
 from models_app import jobs
 from models_app.executors import detector_register, image_add, image_inspect
 from models_app.landing import model_dir
@@ -81,17 +82,7 @@ def test_the_detector_trains_mines_and_infers_through_the_contract(trainer, work
 
     # mining ranks every candidate with each strategy; the top-k land with their pre-annotations
     ranked = {}
-    for strategy in (
-        "random",
-        "entropy",
-        "margin",
-        "aldd",
-        "cald",
-        "cost_aware",
-        "shift_aldd",
-        "shift_mass",
-        "shift_aldd_mass",
-    ):
+    for strategy in STRATEGIES:  # every strategy the platform offers
         mining = _run(
             jobs.job_submit(
                 task_type="mining",

@@ -49,6 +49,13 @@ def main() -> None:
     )
     parser.add_argument("--strategy", default="aldd")
     parser.add_argument(
+        "--tail",
+        action="store_true",
+        help="long-tailed classes in every set (datasets.demo.TAIL_WEIGHTS: beams and slopes rare)",
+    )
+    parser.add_argument("--class-balance", action="store_true", help="the mining step favours rare classes")
+    parser.add_argument("--diversity", action="store_true", help="the mining step skips near-duplicates")
+    parser.add_argument(
         "--scene",
         choices=("field", "lab"),
         default="field",
@@ -101,7 +108,15 @@ def main() -> None:
 
         def imported(name: str, count: int, start: int, gt: bool = True, scene: str = "lab") -> DatasetVersion:
             version = demo_import_start(
-                user=user, project=data, name=name, count=count, seed=2, start=start, gt=gt, scene=scene
+                user=user,
+                project=data,
+                name=name,
+                count=count,
+                seed=2,
+                start=start,
+                gt=gt,
+                scene=scene,
+                tail=args.tail,
             )
             assert version.task_id is not None
             import_execute(version.task_id)
@@ -114,8 +129,8 @@ def main() -> None:
         pool = imported("pool", args.pool, 10_000, gt=False, scene=args.scene)
         hidden = imported("pool-gt", args.pool, 10_000, scene=args.scene)
         print(
-            f"data: {args.train} train (lab), {args.pool} pool and {args.val} val ({args.scene}) imported in "
-            f"{time.perf_counter() - started:.0f} s"
+            f"data: {args.train} train (lab), {args.pool} pool and {args.val} val ({args.scene}"
+            f"{', long-tailed classes' if args.tail else ''}) imported in {time.perf_counter() - started:.0f} s"
         )
         image = detector_register()
         assert image is not None
@@ -162,6 +177,8 @@ def main() -> None:
                 class_names=sorted(train.class_counts.get("gt", {})),
                 strategy=args.strategy,
                 top_k=args.add,
+                class_balance=args.class_balance,
+                diversity=args.diversity,
                 training_config={**config, "seed": seed},
                 max_rounds=args.rounds,
                 random_control=True,
@@ -183,6 +200,8 @@ def main() -> None:
                     print(f"  seed {seed} round {r.number} {r.arm:6s} mAP50 {row['val50']:.3f}")
             if args.scene == "field":
                 picked_conditions(iteration)
+            if args.tail:
+                picked_rare(iteration)
             print(f"seed {seed}: {args.rounds} rounds in {time.perf_counter() - t0:.0f} s", flush=True)
         print(
             f"\nmAP50 on the validation set (mean of {args.seeds} seeds; strategy {args.strategy}, "
@@ -223,6 +242,22 @@ def picked_conditions(iteration: Any) -> None:
             counts[field_condition(int(seed), int(index))] += 1
         shown = " ".join(f"{c} {counts[c]}" for c in FIELD_CONDITIONS)
         print(f"  round {round_.number} {round_.arm:6s} picked: {shown}")
+
+
+def picked_rare(iteration: Any) -> None:
+    """How many boxes of the rarest classes each arm's picks held (the oracle's labels): with long-tailed
+    classes, does mining find the rare parts that random picking mostly misses?"""
+    from datasets.demo import TAIL_WEIGHTS
+    from datasets.models import Box
+
+    rare = sorted(TAIL_WEIGHTS, key=TAIL_WEIGHTS.__getitem__)[:3]
+    for round_ in iteration.rounds.order_by("number", "arm"):
+        if round_.labelled_id is None:
+            continue
+        boxes = Box.objects.filter(version_id=round_.labelled_id, prediction_set__isnull=True)
+        counts = {name: boxes.filter(label__name=name).count() for name in rare}
+        shown = " ".join(f"{name} {n}" for name, n in counts.items())
+        print(f"  round {round_.number} {round_.arm:6s} rare boxes picked: {shown} (of {boxes.count()})")
 
 
 if __name__ == "__main__":

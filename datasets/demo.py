@@ -8,6 +8,10 @@ Two scenes. ``lab``: every image a table top with 2-9 parts, the conditions the 
 ``field``: what a camera in use collects — half such images, and the rest empty frames (distractors only),
 dim and noisy frames, far-away (small) parts and crowded heaps, in the shares of ``FIELD_CONDITIONS``.
 A pool of field images is where mining has something to find that random picking mostly misses.
+
+``tail``: the classes are drawn long-tailed (``TAIL_WEIGHTS``) instead of evenly, as in most real collections:
+a few part types are common, beams and slopes are rare. The backgrounds and conditions stay those of the
+even draw; the parts placed on them differ.
 """
 
 from __future__ import annotations
@@ -51,6 +55,17 @@ DEMO_SPLITS = {"train": 100, "test": 10, "mining": 1181}
 SCENES = ("lab", "field")
 # condition -> share of a field pool
 FIELD_CONDITIONS = {"lab": 0.5, "empty": 0.2, "dim": 0.1, "small": 0.1, "crowded": 0.1}
+# class -> relative frequency of a long-tailed collection (``tail=True``)
+TAIL_WEIGHTS = {
+    "brick_2x2": 1.0,
+    "brick_2x4": 1.0,
+    "plate_2x2": 1.0,
+    "tile_1x2": 0.6,
+    "plate_1x2": 0.35,
+    "tile_2x2": 0.2,
+    "slope_2x2": 0.1,
+    "beam_1x6": 0.06,
+}
 
 
 @dataclass(frozen=True)
@@ -146,7 +161,7 @@ def field_condition(seed: int, index: int) -> str:
 
 
 def make_image(
-    seed: int, index: int, width: int = 640, height: int = 480, scene: str = "lab"
+    seed: int, index: int, width: int = 640, height: int = 480, scene: str = "lab", tail: bool = False
 ) -> tuple[bytes, list[DemoBox]]:
     if scene not in SCENES:
         raise ValueError(f"unknown scene {scene!r}")
@@ -164,8 +179,9 @@ def make_image(
         count = rng.randint(2, 9)
     small = condition == "small"
     placed: list[tuple[str, tuple[int, int, int, int]]] = []
+    weights = [TAIL_WEIGHTS[c] for c in CLASSES]
     for _ in range(count):
-        label = rng.choice(CLASSES)
+        label = rng.choices(CLASSES, weights)[0] if tail else rng.choice(CLASSES)
         if small:
             unit = rng.randint(max(5, width // 60), max(7, width // 36))
         else:
@@ -221,10 +237,16 @@ def voc_xml(name: str, width: int, height: int, boxes: list[DemoBox], scores: li
 
 
 def generate(
-    count: int, seed: int, width: int = 640, height: int = 480, start: int = 0, scene: str = "lab"
+    count: int,
+    seed: int,
+    width: int = 640,
+    height: int = 480,
+    start: int = 0,
+    scene: str = "lab",
+    tail: bool = False,
 ) -> Iterator[tuple[str, bytes, list[DemoBox]]]:
     for index in range(start, start + count):
-        data, boxes = make_image(seed, index, width, height, scene)
+        data, boxes = make_image(seed, index, width, height, scene, tail)
         yield f"lego_{seed}_{index:05d}.jpg", data, boxes
 
 
@@ -237,9 +259,10 @@ def write_voc_zip(
     start: int = 0,
     with_gt: bool = True,
     scene: str = "lab",
+    tail: bool = False,
 ) -> Path:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, data, boxes in generate(count, seed, width, height, start, scene):
+        for name, data, boxes in generate(count, seed, width, height, start, scene, tail):
             archive.writestr(f"images/{name}", data)
             if with_gt:
                 archive.writestr(f"gt/{Path(name).stem}.xml", voc_xml(name, width, height, boxes))

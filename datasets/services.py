@@ -217,6 +217,7 @@ def _demo_zip(spec: dict[str, Any]) -> Path:
         start=spec["start"],
         with_gt=bool(spec["gt"]),
         scene=spec.get("scene", "lab"),
+        tail=bool(spec.get("tail")),
     )
 
 
@@ -263,14 +264,14 @@ def demo_import_start(
     start: int,
     gt: bool = True,
     scene: str = "lab",
+    tail: bool = False,
 ) -> DatasetVersion:
     """A dataset of ``count`` synthetic Lego-like images (the classes must exist), imported by a task;
-    ``scene`` is one of ``datasets.demo.SCENES``."""
-    parameters = {
-        "format": "voc",
-        "unknown_classes": "stop",
-        "source": {"demo": {"count": count, "seed": seed, "start": start, "gt": int(gt), "scene": scene}},
-    }
+    ``scene`` is one of ``datasets.demo.SCENES``; ``tail``: long-tailed classes (``datasets.demo.TAIL_WEIGHTS``)."""
+    demo: dict[str, Any] = {"count": count, "seed": seed, "start": start, "gt": int(gt), "scene": scene}
+    if tail:
+        demo["tail"] = 1
+    parameters = {"format": "voc", "unknown_classes": "stop", "source": {"demo": demo}}
     with transaction.atomic():
         group = DatasetGroup.objects.create(project=project, name=name)
         task = task_create(user=user, kind=Task.Kind.IMPORT, project=project, parameters=parameters)

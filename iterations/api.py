@@ -39,6 +39,8 @@ class IterationIn(Schema):
     exclude_seen: bool = True
     chunk_size: int = Field(0, ge=0)
     top_k: int = Field(20, ge=1)
+    class_balance: bool = False
+    diversity: bool = False
     training_config: dict[str, Any] = {}
     mining_config: dict[str, Any] = {}
     target_map: float | None = None
@@ -51,6 +53,8 @@ class IterationPatch(Schema):
     val_version_id: int | None = None
     top_k: int | None = Field(None, ge=1)
     strategy: str | None = None
+    class_balance: bool | None = None
+    diversity: bool | None = None
     training_config: dict[str, Any] | None = None
     target_map: float | None = None
     max_rounds: int | None = None
@@ -89,6 +93,8 @@ class IterationOut(Schema):
     val_version_id: int
     strategy: str
     top_k: int
+    class_balance: bool
+    diversity: bool
     random_control: bool
     rounds: list[RoundOut]
     uplift: dict[int, float]
@@ -106,6 +112,8 @@ class StepIn(Schema):
     action: str = Field("start", pattern="^(start|skip|rerun)$")
     top_k: int | None = Field(None, ge=1)
     strategy: str | None = None
+    class_balance: bool | None = None
+    diversity: bool | None = None
     pretrained: bool = True
     labellers: list[str] = []
 
@@ -142,6 +150,8 @@ def iteration_create(request: HttpRequest, project_id: int, body: IterationIn) -
         exclude_seen=body.exclude_seen,
         chunk_size=body.chunk_size,
         top_k=body.top_k,
+        class_balance=body.class_balance,
+        diversity=body.diversity,
         training_config=body.training_config,
         mining_config=body.mining_config,
         target_map=body.target_map,
@@ -184,6 +194,9 @@ def round_step(request: HttpRequest, iteration_id: int, round_id: int, step: str
             options["top_k"] = body.top_k
         if body.strategy:
             options["strategy"] = body.strategy
+        for flag in ("class_balance", "diversity"):
+            if getattr(body, flag) is not None:
+                options[flag] = getattr(body, flag)
         loop.step_start(user=_user(request), round_id=round_.pk, step=step, options=options)
     return 202, Round.objects.get(pk=round_.pk)
 

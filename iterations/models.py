@@ -33,6 +33,10 @@ class Iteration(models.Model):
     exclude_seen = models.BooleanField(default=True)
     chunk_size = models.PositiveIntegerField(default=0)  # mine a random chunk of the pool each round (0: all)
     top_k = models.PositiveIntegerField(default=20)
+    # the mining step's platform-side options (models_app.mining): favour classes rare in the training set,
+    # skip near-duplicate images
+    class_balance = models.BooleanField(default=False)
+    diversity = models.BooleanField(default=False)
     training_config = models.JSONField(default=dict, blank=True)
     mining_config = models.JSONField(default=dict, blank=True)
     target_map = models.FloatField(null=True, blank=True)

@@ -93,6 +93,8 @@ def iteration_create(
     exclude_seen: bool = True,
     chunk_size: int = 0,
     top_k: int = 20,
+    class_balance: bool = False,
+    diversity: bool = False,
     training_config: dict[str, Any] | None = None,
     mining_config: dict[str, Any] | None = None,
     target_map: float | None = None,
@@ -167,6 +169,8 @@ def iteration_create(
             exclude_seen=exclude_seen,
             chunk_size=max(0, int(chunk_size or 0)),
             top_k=top_k,
+            class_balance=class_balance,
+            diversity=diversity,
             training_config=dict(training_config or {}),
             mining_config=dict(mining_config or {}),
             target_map=target_map,
@@ -322,6 +326,8 @@ def prefill(round_: Round) -> dict[str, Any]:
         "model_stage": round_.base_stage.pk if round_.base_stage else None,
         "top_k": int(last.get("top_k") or iteration.top_k),
         "strategy": str(last.get("strategy") or iteration.strategy),
+        "class_balance": bool(last.get("class_balance", iteration.class_balance)),
+        "diversity": bool(last.get("diversity", iteration.diversity)),
         "pre_annotations": True,
         "labelling": "oracle" if iteration.oracle_version_id else "label_studio",
         "merge_into": round_.base_train.pk,
@@ -401,6 +407,8 @@ def _start_pick(user: User, round_: Round, values: dict[str, Any], options: dict
     if strategy not in STRATEGIES:
         raise Invalid(_("Unknown mining strategy."), code="invalid_strategy")
     config = {**iteration.mining_config, "strategy": strategy, "seed": iteration.seed}
+    class_balance = bool(options.get("class_balance", values["class_balance"]))
+    diversity = bool(options.get("diversity", values["diversity"]))
     round_.pick_task = mining_start(
         user=user,
         project=iteration.project,
@@ -409,10 +417,18 @@ def _start_pick(user: User, round_: Round, values: dict[str, Any], options: dict
         stage=round_.base_stage,
         top_k=top_k,
         also_infer=True,  # the predictions become the labellers' pre-annotations
+        class_balance=class_balance,
+        diversity=diversity,
         config=config,
         output_name=_name(round_, "mined"),
     )
-    round_.settings = {**round_.settings, "top_k": top_k, "strategy": strategy}
+    round_.settings = {
+        **round_.settings,
+        "top_k": top_k,
+        "strategy": strategy,
+        "class_balance": class_balance,
+        "diversity": diversity,
+    }
 
 
 def _start_label(user: User, round_: Round, options: dict[str, Any]) -> None:
@@ -797,7 +813,17 @@ def iteration_update(*, user: User, iteration: Iteration, changes: dict[str, Any
         and new_val != iteration.val_version_id
     ):
         raise Conflict(_("The validation set is fixed while iterating: finish the loop first."), code="val_fixed")
-    allowed = {"top_k", "strategy", "training_config", "mining_config", "target_map", "max_rounds", "exclude_seen"}
+    allowed = {
+        "top_k",
+        "strategy",
+        "class_balance",
+        "diversity",
+        "training_config",
+        "mining_config",
+        "target_map",
+        "max_rounds",
+        "exclude_seen",
+    }
     unknown = set(changes) - allowed - {"val_version"}
     if unknown:
         raise Invalid(

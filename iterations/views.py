@@ -51,6 +51,8 @@ def _settings_from(request: HttpRequest, project_id: int) -> dict[str, Any]:
         "strategy": data.get("strategy", "entropy"),
         "exclude_seen": data.get("exclude_seen", "1" if request.method == "GET" else "") == "1",
         "top_k": int(data["top_k"]) if data.get("top_k", "").isdigit() else 20,
+        "class_balance": data.get("class_balance") == "1",
+        "diversity": data.get("diversity") == "1",
         "chunk_size": int(data["chunk_size"]) if data.get("chunk_size", "").isdigit() else 0,
         "training_config_text": raw_config,
         "target_map": data.get("target_map", ""),
@@ -105,6 +107,8 @@ def iteration_new(request: HttpRequest, project_id: int) -> HttpResponse:
                     exclude_seen=form["exclude_seen"],
                     chunk_size=form["chunk_size"],
                     top_k=form["top_k"],
+                    class_balance=form["class_balance"],
+                    diversity=form["diversity"],
                     training_config=config,
                     target_map=float(form["target_map"]) if form["target_map"] else None,
                     max_rounds=int(form["max_rounds"]) if str(form["max_rounds"]).isdigit() else None,
@@ -202,6 +206,9 @@ def round_step(request: HttpRequest, iteration_id: int, round_id: int, step: str
         options["top_k"] = int(request.POST["top_k"])
     if request.POST.get("strategy"):
         options["strategy"] = request.POST["strategy"]
+    if request.POST.get("mine_options"):  # the mine step's form: an unticked box means off
+        options["class_balance"] = request.POST.get("class_balance") == "1"
+        options["diversity"] = request.POST.get("diversity") == "1"
     if step == "train":
         options["pretrained"] = request.POST.get("pretrained", "1") == "1"
     if request.POST.get("labellers"):

@@ -55,7 +55,7 @@ def dhash(sha1: str) -> int | None:
             small = image.convert("L").resize((9, 8), Image.Resampling.BILINEAR)
     except (OSError, ValueError):
         return None
-    pixels = list(small.getdata())
+    pixels = list(small.tobytes())  # one byte a pixel (mode L)
     bits = 0
     for row in range(8):
         for col in range(8):

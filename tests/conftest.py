@@ -151,17 +151,42 @@ def workspace(settings, tmp_path):
     return settings.YMIR_WORKSPACE
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so that fixtures can tell at teardown whether it failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def worker(transactional_db, workspace, tmp_path):
-    """A real Celery worker process bound to this test's database and workspace (default and host queues)."""
+def worker(request, transactional_db, workspace, tmp_path):
+    """A real Celery worker process bound to this test's database and workspace (default and host queues).
+    When the test fails, its log and the tasks' states are printed (in the report's teardown output)."""
     from models_app.jobs import host_name, host_queue
 
     queues = f"{django_settings.CELERY_TASK_DEFAULT_QUEUE},{host_queue(host_name())}"
     env = worker_env(workspace, YMIR_FOLLOW_SECONDS="0.5", YMIR_WORKER_GPUS="")
-    process = start_worker(queues, env, tmp_path / "worker.log")
+    log = tmp_path / "worker.log"
+    process = start_worker(queues, env, log, loglevel="INFO")
     yield process
     process.terminate()
     process.wait(timeout=60)
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        worker_diagnose(log)
+
+
+def worker_diagnose(log: Path) -> None:
+    """What a failed test's worker did: every task row and the end of the worker's log."""
+    from models_app.models import Task
+
+    print("== tasks (id, kind, state, percent, error):")
+    for row in Task.objects.order_by("pk").values_list("pk", "kind", "state", "percent", "error_code", "error_message"):
+        print("  ", *row)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    print(f"== worker log, last 200 of {len(text.splitlines())} lines:")
+    print("\n".join(text.splitlines()[-200:]))
 
 
 def worker_env(workspace: Path, **extra: str) -> dict[str, str]:
@@ -175,7 +200,9 @@ def worker_env(workspace: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(queue: str, env: dict[str, str], log: Path, name: str = "") -> subprocess.Popen[bytes]:
+def start_worker(
+    queue: str, env: dict[str, str], log: Path, name: str = "", loglevel: str = "WARNING"
+) -> subprocess.Popen[bytes]:
     """A Celery worker process (solo pool: tasks run in the worker process itself) consuming ``queue``
     (comma-separated names)."""
     return subprocess.Popen(
@@ -193,7 +220,7 @@ def start_worker(queue: str, env: dict[str, str], log: Path, name: str = "") -> 
             "--hostname",
             f"{name or queue}@%h",
             "--loglevel",
-            "WARNING",
+            loglevel,
         ],
         cwd=ROOT,
         env=env,

@@ -375,3 +375,22 @@ def test_the_field_scene_mixes_in_the_conditions_a_lab_training_set_lacks():
     assert brightness("dim") < 0.6 * brightness("lab")
     with pytest.raises(ValueError):
         make_image(7, 0, scene="night")
+
+
+def test_long_tailed_demo_classes_follow_their_weights_and_leave_the_even_draw_alone():
+    from collections import Counter
+
+    from datasets.demo import CLASSES, TAIL_WEIGHTS, make_image
+
+    even: Counter[str] = Counter()
+    tailed: Counter[str] = Counter()
+    for i in range(120):
+        even.update(b.label for b in make_image(5, i, 320, 240)[1])
+        tailed.update(b.label for b in make_image(5, i, 320, 240, "field", tail=True)[1])
+    assert min(even[c] for c in CLASSES) > 0.5 * max(even.values())  # the default draw stays even
+    common, rare = max(TAIL_WEIGHTS, key=TAIL_WEIGHTS.__getitem__), min(TAIL_WEIGHTS, key=TAIL_WEIGHTS.__getitem__)
+    assert 0 < tailed[rare] < 0.2 * tailed[common], tailed
+    ranked = sorted(CLASSES, key=lambda c: -tailed[c])
+    assert set(ranked[:3]) == {c for c, w in TAIL_WEIGHTS.items() if w == 1.0}
+    # the same index draws other parts when tailed
+    assert make_image(5, 3, 320, 240, tail=True)[0] != make_image(5, 3, 320, 240)[0]

@@ -419,3 +419,37 @@ def test_a_chunk_of_the_prepared_pool_is_mined_each_round(workspace):
     r1 = Round.objects.get(pk=r1.pk)
     assert r1.prepared is not None and r1.prepared.asset_count == 2
     assert loop.step_states(r1)["prepare"] == "done" and loop.can_start(r1, "mine")[0]
+
+
+@pytest.mark.django_db
+def test_the_mine_steps_rare_class_and_near_duplicate_options_reach_the_mining_run(workspace):
+    """Set for the loop, prefilled in the mine step, changed there (an unticked box turns one off), carried to the
+    mining run's parameters, and kept as the round's choice for the next round's prefill."""
+    from datasets.services import operation_run
+    from tests.conftest import api_as, logged_in
+
+    iteration, _train, _val, _pool = _small_loop("options", class_balance=True, diversity=True)
+    user = iteration.user
+    r1 = iteration.rounds.get()
+    assert loop.prefill(r1)["class_balance"] and loop.prefill(r1)["diversity"]
+    body = api_as(user).get(f"/api/v1/iterations/{iteration.pk}").json()
+    assert body["class_balance"] is True and body["diversity"] is True
+    loop.step_start(user=user, round_id=r1.pk, step="prepare")
+    prepared = Round.objects.get(pk=r1.pk).prepared
+    assert prepared is not None and prepared.task_id is not None
+    operation_run(prepared.task_id)
+    loop.iteration_advance(iteration.pk)
+    page = logged_in(user).get(f"/iterations/{iteration.pk}/").content.decode()
+    assert 'name="class_balance" value="1" checked' in page and 'name="diversity" value="1" checked' in page
+    answer = logged_in(user).post(
+        f"/iterations/{iteration.pk}/rounds/{r1.pk}/mine",
+        {"action": "start", "top_k": "2", "mine_options": "1", "class_balance": "1"},  # diversity unticked
+    )
+    assert answer.status_code == 302
+    r1 = Round.objects.get(pk=r1.pk)
+    assert r1.pick_task is not None
+    assert r1.pick_task.parameters["class_balance"] is True and r1.pick_task.parameters["diversity"] is False
+    assert r1.settings["class_balance"] is True and r1.settings["diversity"] is False
+    # the next round starts from this round's choice, not from the loop's settings
+    r2 = Round.objects.create(iteration=iteration, number=2, arm=Round.Arm.MINED, base_train=_train)
+    assert loop.prefill(r2)["class_balance"] is True and loop.prefill(r2)["diversity"] is False

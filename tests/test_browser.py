@@ -311,6 +311,7 @@ def test_the_seed_002_story_one_iteration_round_in_the_browser(page, live_server
     assert page.locator("select[name=training_image]").input_value() != ""  # the built-in detector by default
     page.select_option("select[name=class_names]", list(CLASSES))
     page.get_by_label("Top-k per round").fill("6")
+    page.get_by_label("Skip near-duplicate images among the picks").check()
     page.get_by_label("Or after this many rounds (optional)").fill("1")
     page.get_by_label("Training hyper-parameters (JSON)").fill(
         '{"epochs": 2, "save_every_epochs": 2, "image_size": 96, "batch_size": 8, "mosaic": 0.0}'
@@ -333,6 +334,11 @@ def test_the_seed_002_story_one_iteration_round_in_the_browser(page, live_server
     step(0, "train")  # the initial model, trained here from the training set
     round_section(1).wait_for(timeout=300_000)  # opens once round 0's model is evaluated
     for name in ("prepare", "mine", "label", "merge", "train"):
+        if name == "mine":  # prefilled from the loop's settings
+            mine = round_section(1).locator("li[data-step=mine]")
+            assert mine.get_by_label("skip near-duplicates").is_checked()
+            assert not mine.get_by_label("rare classes first").is_checked()
+            page.screenshot(path=str(SHOTS / "iteration-mine-step.png"), full_page=True)
         step(1, name)
     until(lambda: Iteration.objects.get(project=project).state == Iteration.State.FINISHED, 300, "the loop's end")
     page.reload()
@@ -343,6 +349,8 @@ def test_the_seed_002_story_one_iteration_round_in_the_browser(page, live_server
     assert page.locator("canvas#chart-map-trend").is_visible()
     page.screenshot(path=str(SHOTS / "iteration.png"), full_page=True)
     assert val.pk in Iteration.objects.get(project=project).test_versions.values_list("id", flat=True)
+    mined = Iteration.objects.get(project=project).rounds.get(number=1)
+    assert mined.settings["diversity"] is True and mined.settings["class_balance"] is False
 
 
 def test_try_a_published_algorithm_and_open_the_device_page(page, live_server, trainer, tmp_path, workspace):

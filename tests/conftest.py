@@ -161,11 +161,15 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def worker(request, transactional_db, workspace, tmp_path):
-    """A real Celery worker process bound to this test's database and workspace (default and host queues).
-    When the test fails, its log and the tasks' states are printed (in the report's teardown output)."""
+    """A real Celery worker process bound to this test's database and workspace (default and host queues),
+    which start empty: what earlier tests left there is dropped. When the test fails, its log and the tasks'
+    states are printed (in the report's teardown output)."""
     from models_app.jobs import host_name, host_queue
+    from ymir.celery import queues_purge
 
-    queues = f"{django_settings.CELERY_TASK_DEFAULT_QUEUE},{host_queue(host_name())}"
+    names = [django_settings.CELERY_TASK_DEFAULT_QUEUE, host_queue(host_name())]
+    queues_purge(names)
+    queues = ",".join(names)
     env = worker_env(workspace, YMIR_FOLLOW_SECONDS="0.5", YMIR_WORKER_GPUS="")
     log = tmp_path / "worker.log"
     process = start_worker(queues, env, log, loglevel="INFO")

@@ -21,8 +21,11 @@ FAST = {"YMIR_FOLLOW_SECONDS": "0.3", "YMIR_GPU_WAIT_SECONDS": "0.3"}
 
 @pytest.fixture
 def setup(transactional_db, trainer, workspace, tmp_path):
+    from ymir.celery import queues_purge
+
     project, train, val = small_datasets(trainer, tmp_path)
     image = contract_executor("local", trainer)
+    queues_purge([settings.CELERY_TASK_DEFAULT_QUEUE, jobs.gpu_queue(), jobs.host_queue("h1"), jobs.host_queue("h2")])
     processes = []
 
     def worker(host: str, gpus: str = "", log: str = "worker"):

@@ -24,13 +24,24 @@ def task_create(
 
 
 def task_begin(task_id: int) -> Task | None:
-    """Mark running (again, on redelivery); None when the task is already final."""
+    """Mark running (again, on redelivery); None when the task is already final, or when it is running with a
+    heartbeat younger than ``YMIR_TASK_STALE_SECONDS``: a second delivery while the first run goes on (the broker's
+    visibility timeout passed during a long import), which must not run beside it. A run whose heartbeat went
+    stale is resumed (or already failed by the reconciler)."""
+    from django.conf import settings
+
     with transaction.atomic():
         task = Task.objects.select_for_update().filter(pk=task_id).first()
         if task is None:
             logger.warning("task %s does not exist; message dropped", task_id)
             return None
         if task.is_final:
+            return None
+        fresh = timezone.now() - timedelta(seconds=settings.YMIR_TASK_STALE_SECONDS)
+        if task.state == State.RUNNING and task.heartbeat_at is not None and task.heartbeat_at > fresh:
+            logger.warning(
+                "task %s is running elsewhere (heartbeat %s); duplicate delivery dropped", task_id, task.heartbeat_at
+            )
             return None
         task.state = State.RUNNING
         task.started_at = task.started_at or timezone.now()

@@ -394,3 +394,31 @@ def test_long_tailed_demo_classes_follow_their_weights_and_leave_the_even_draw_a
     assert set(ranked[:3]) == {c for c, w in TAIL_WEIGHTS.items() if w == 1.0}
     # the same index draws other parts when tailed
     assert make_image(5, 3, 320, 240, tail=True)[0] != make_image(5, 3, 320, 240)[0]
+
+
+@pytest.mark.django_db
+def test_a_second_delivery_while_the_import_runs_is_dropped_and_one_after_its_heartbeat_went_stale_resumes(
+    trainer, project, lego_classes, settings
+):
+    """The broker redelivers a message whose run outlived its visibility timeout: that run still beats, so the
+    second delivery must not import beside it (it would clear and rewrite the same rows). A run whose heartbeat
+    went stale (its worker died) is resumed by the next delivery."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from datasets.services import demo_import_start, import_execute
+
+    version = demo_import_start(user=trainer, project=project, name="twice", count=3, seed=1, start=0)
+    assert version.task_id is not None
+    Task.objects.filter(pk=version.task_id).update(state=Task.State.RUNNING, heartbeat_at=timezone.now())
+    import_execute(version.task_id)
+    version.refresh_from_db()
+    assert version.state == "pending" and not version.items.exists()
+    assert Task.objects.get(pk=version.task_id).state == Task.State.RUNNING
+    stale = timezone.now() - timedelta(seconds=settings.YMIR_TASK_STALE_SECONDS + 5)
+    Task.objects.filter(pk=version.task_id).update(heartbeat_at=stale)
+    import_execute(version.task_id)
+    version.refresh_from_db()
+    assert version.state == "ready" and version.asset_count == 3
+    assert Task.objects.get(pk=version.task_id).state == Task.State.DONE

@@ -825,6 +825,11 @@ def iteration_update(*, user: User, iteration: Iteration, changes: dict[str, Any
         "exclude_seen",
     }
     unknown = set(changes) - allowed - {"val_version"}
+    switches = [k for k in ("class_balance", "diversity", "exclude_seen") if k in changes]
+    if any(not isinstance(changes[k], bool) for k in switches):
+        raise Invalid(
+            _("These settings are on or off: %(names)s") % {"names": ", ".join(switches)}, code="invalid_setting"
+        )
     if unknown:
         raise Invalid(
             _("These settings cannot change: %(names)s") % {"names": ", ".join(sorted(unknown))}, code="invalid_setting"

@@ -434,6 +434,9 @@ def test_the_mine_steps_rare_class_and_near_duplicate_options_reach_the_mining_r
     assert loop.prefill(r1)["class_balance"] and loop.prefill(r1)["diversity"]
     body = api_as(user).get(f"/api/v1/iterations/{iteration.pk}").json()
     assert body["class_balance"] is True and body["diversity"] is True
+    refused = api_as(user).patch(f"/api/v1/iterations/{iteration.pk}", {"diversity": None})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_setting"
+    assert Iteration.objects.get(pk=iteration.pk).diversity is True
     loop.step_start(user=user, round_id=r1.pk, step="prepare")
     prepared = Round.objects.get(pk=r1.pk).prepared
     assert prepared is not None and prepared.task_id is not None

@@ -43,6 +43,7 @@ STRATEGIES = (
     "shift_aldd",
     "shift_mass",
     "shift_aldd_mass",
+    "spread",
 )
 State = Task.State
 

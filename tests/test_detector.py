@@ -203,6 +203,44 @@ def test_the_uncertain_mass_sums_the_half_seen_detections():
     assert abs(heap - 16 * 0.25) < 1e-3
 
 
+SPREAD_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from ymir_detector.mine import spread_order
+
+# 30 images: 0-11 one kind (a tight cluster, the best ranks), 12-17 a second kind, 18-29 a third, ranked lowest
+rng = np.random.default_rng(0)
+centres = np.eye(3)
+kinds = [0] * 12 + [1] * 6 + [2] * 12
+vectors = np.stack([centres[k] + 0.05 * rng.normal(size=3) for k in kinds])
+vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+ranks = [1.0 - i / 29 for i in range(30)]
+scores = spread_order(ranks, vectors, share=0.6)
+order = list(np.argsort(scores, kind="stable")[::-1])
+print(json.dumps({"first2": [kinds[i] for i in order[:2]], "top": [int(i) for i in order[:18]],
+                  "rest": [scores[i] for i in order[18:]], "scores": scores}))
+"""
+
+
+def test_spread_puts_the_best_of_every_kind_first_and_keeps_the_rest_in_rank_order():
+    """``spread``: candidates (the top share by rank) ordered by rank x distance to those before them."""
+    done = subprocess.run(
+        [detector_python(), "-c", SPREAD_SCRIPT, str(settings.YMIR_DETECTOR_FOLDER)],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(done.stdout)
+    assert figures["top"][0] == 0  # the best rank opens
+    assert figures["first2"] == [0, 1], figures  # then the best of the other kind, not the second best overall
+    assert set(figures["top"]) == set(range(18))  # the candidates (top 60%) before every other image
+    assert figures["rest"] == sorted(figures["rest"], reverse=True) and max(figures["rest"]) <= 1.0
+    assert min(figures["scores"][i] for i in range(18)) > 1.0
+
+
 def _nan_checkpoint(tmp_path) -> str:
     """A checkpoint of this executor whose weights are NaN (a diverged run given as pretrained weights)."""
     script = (

@@ -19,10 +19,17 @@ Strategies (``strategy`` in mining-template.yaml):
   partly hidden parts rank high. An image scores its better rank of the two, so the picks split between the
   unfamiliar images and the ones full of half-found objects.
 - ``shift_aldd_mass``: all three, ALDD, the shift score and the uncertain mass; the best rank of the three.
+- ``spread``: the ``shift_aldd_mass`` rank, spread over what the pool looks like. The top third by that rank are
+  the candidates; they are ordered greedily, each next one the candidate whose rank times its distance to the
+  ones before it (cosine, on the deepest features averaged over the image) is largest. So any top-k holds the
+  most uncertain images of every kind the pool holds instead of k of one kind (ranking alone fills a round with
+  dark frames and crowded heaps and leaves out the ordinary images the model still gets wrong). The candidates
+  score above every other image, in that order.
 With ``run_infer`` the same forward pass also gives the predictions (pre-annotations)."""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -48,7 +55,9 @@ STRATEGIES = (
     "shift_aldd",
     "shift_mass",
     "shift_aldd_mass",
+    "spread",
 )
+SHIFTED = ("shift_aldd", "shift_mass", "shift_aldd_mass", "spread")
 DEFAULTS: dict[str, Any] = {"strategy": "aldd", "batch_size": 16, "conf_threshold": 0.05, "seed": 0}
 
 
@@ -86,6 +95,36 @@ def better_rank(*scores: list[float]) -> list[float]:
         return out
 
     return np.max([ranks(values) for values in scores], axis=0).tolist()
+
+
+def embedding_hook(model: Detector) -> tuple[list[torch.Tensor], Any]:
+    """A hook that appends, per forward pass, each image's deepest features averaged over the image, unit length
+    (remove the returned handle when done)."""
+    found: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        found.append(F.normalize(output.mean(dim=(2, 3)), dim=1))
+
+    return found, model.c32.register_forward_hook(hook)
+
+
+def spread_order(rank: list[float], vectors: np.ndarray, share: float = 1 / 3) -> list[float]:
+    """Scores that put the top ``share`` by ``rank`` first, ordered greedily by rank x cosine distance to the
+    ones already ordered (see ``spread``); every other image keeps its rank (all ranks are <= 1)."""
+    ranks = np.asarray(rank, dtype=np.float64)
+    count = max(1, math.ceil(len(ranks) * share))
+    candidates = np.argsort(-ranks, kind="stable")[:count]
+    chosen = vectors[candidates]
+    weight = ranks[candidates]
+    nearest = np.full(count, 2.0)  # distance to the nearest one already ordered (2: none yet, the farthest)
+    taken = np.zeros(count, dtype=bool)
+    out = ranks.copy()
+    for position in range(count):
+        best = int(np.argmax(np.where(taken, -1.0, weight * nearest)))
+        taken[best] = True
+        out[candidates[best]] = 2.0 - position / count
+        nearest = np.minimum(nearest, 1.0 - chosen @ chosen[best])
+    return out.tolist()
 
 
 def uncertain_mass(det_scores: torch.Tensor, conf: float) -> float:
@@ -157,13 +196,18 @@ def run(env: Env, monitor: Monitor) -> None:
     scored: list[tuple[str, float]] = []
     predictions: dict[str, list[dict[str, Any]]] = {}
     batch = int(opts["batch_size"])
-    shifted = opts["strategy"] in ("shift_aldd", "shift_mass", "shift_aldd_mass")
+    shifted = opts["strategy"] in SHIFTED
+    with_mass = opts["strategy"] in ("shift_aldd_mass", "spread")
     shifts: list[float] = []
     masses: list[float] = []
     found, handles = shift_hooks(model) if shifted else ([], [])
-    strategy = {"random": "entropy", "shift_aldd": "aldd", "shift_mass": "mass", "shift_aldd_mass": "aldd"}.get(
-        opts["strategy"], opts["strategy"]
-    )
+    embedded: list[torch.Tensor] = []
+    if opts["strategy"] == "spread":
+        embedded, handle = embedding_hook(model)
+        handles.append(handle)
+    strategy = {"random": "entropy", "shift_mass": "mass"}.get(opts["strategy"], opts["strategy"])
+    if opts["strategy"] in ("shift_aldd", "shift_aldd_mass", "spread"):
+        strategy = "aldd"
     with torch.no_grad():
         for start in range(0, len(items), batch):
             chunk = items[start : start + batch]
@@ -175,7 +219,7 @@ def run(env: Env, monitor: Monitor) -> None:
             if shifted:
                 shifts += torch.stack(found).mean(dim=0).tolist()
                 found.clear()
-            if opts["strategy"] == "shift_aldd_mass":
+            if with_mass:
                 masses += [uncertain_mass(row, float(opts["conf_threshold"])) for row in det_scores]
             for i, item in enumerate(chunk):
                 scored.append((item.image, values[i]))
@@ -188,6 +232,8 @@ def run(env: Env, monitor: Monitor) -> None:
         handle.remove()
     if shifted:
         combined = better_rank([v for _i, v in scored], shifts, *([masses] if masses else []))
+        if embedded:
+            combined = spread_order(combined, torch.cat(embedded).numpy())
         scored = [(image, value) for (image, _v), value in zip(scored, combined, strict=True)]
     contract.write_mining_result(env, scored)
     if env.run_infer:

@@ -167,7 +167,7 @@ def single_client(
     port: int, url: str, data: bytes, headers: dict[str, str], raw_call: Callable[[], float], requests: int
 ) -> None:
     """Median latency of one client against raw calls, measured in turns: ``ROUNDS`` rounds of a block of
-    raw calls, a block through Python's http.client (its own cost included) and 1 s of wrk on one connection
+    raw calls, a block through Python's http.client (its own cost included) and 2 s of wrk on one connection
     (a C client: the service's latency), so that a shared machine's drift falls on all three alike (not
     interleaved call by call: onnxruntime's threads of one process would still spin while the other runs).
     The headline ratio is the median of the rounds' own ratios (each pairs measurements seconds apart); the
@@ -197,7 +197,7 @@ def single_client(
             inside.append(post(conn))
             served.append(time.perf_counter() - started)
         conn.close()
-        figures = wrk(port, url, data, headers, seconds=1, connections=1)
+        figures = wrk(port, url, data, headers, seconds=2, connections=1)
         assert figures["non_2xx"] == 0, figures
         rounds.append(
             (

@@ -63,8 +63,10 @@ label_studio() {
   if [ ! -x "$venv/bin/label-studio" ]; then
     echo "Installing Label Studio $LABEL_STUDIO_VERSION in $venv (about 1 GB) ..." >&2
     "$(find_python)" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "label-studio==$LABEL_STUDIO_VERSION" >&2
   fi
+  # its dependencies held to a set known to work (Label Studio leaves most open); a no-op once they match
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c requirements-label-studio.lock \
+    "label-studio==$LABEL_STUDIO_VERSION" >&2
   if [ ! -f "$data/token" ]; then
     (umask 077; "$venv/bin/python" -c 'import secrets; print(secrets.token_hex(20))' > "$data/token"
      "$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(18))' > "$data/password")

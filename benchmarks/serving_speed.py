@@ -16,7 +16,9 @@ less). Load: wrk with 50 connections for 30 s (``apt-get install wrk``, client t
 p50/p99 latency, non-2xx responses and socket errors.
 
     DATABASE_URL=postgres://... .venv/bin/python benchmarks/serving_speed.py [--seconds 30 --connections 50]
-        [--server granian (a Rust HTTP front, for comparison: pip install granian)] [--service-only]
+        [--server granian (a Rust HTTP front, for comparison: pip install granian)]
+        [--server uwsgi (uWSGI's own HTTP/1.1 socket, for comparison: pip install uwsgi, or UWSGI=path)]
+        [--service-only]
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn")
+    parser.add_argument("--server", choices=("gunicorn", "granian", "uwsgi"), default="gunicorn")
     parser.add_argument("--service-only", action="store_true", help="skip the web process")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -134,17 +136,23 @@ def main() -> None:
 def served_by(settings_module: str, server_kind: str) -> Iterator[int]:
     port = 18765
     env = {**os.environ, "YMIR_DB_CONN_MAX_AGE": "600", "DJANGO_SETTINGS_MODULE": settings_module}
-    command = (
-        {
-            "gunicorn": "-m gunicorn ymir.wsgi:application --bind 127.0.0.1:{port} --workers 1 --threads 8 "
-            "--log-level warning",
-            "granian": "-m granian --interface wsgi ymir.wsgi:application --host 127.0.0.1 --port {port} --workers 1 "
-            "--blocking-threads 8 --runtime-threads 1 --log-level warning --no-ws",
-        }[server_kind]
-        .format(port=port)
-        .split()
-    )
-    server = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env)
+    python_servers = {
+        "gunicorn": "-m gunicorn ymir.wsgi:application --bind 127.0.0.1:{port} --workers 1 --threads 8 "
+        "--log-level warning",
+        "granian": "-m granian --interface wsgi ymir.wsgi:application --host 127.0.0.1 --port {port} --workers 1 "
+        "--blocking-threads 8 --runtime-threads 1 --log-level warning --no-ws",
+    }
+    if server_kind == "uwsgi":  # its own binary; keep-alive needs the body buffered and Nagle off
+        uwsgi = os.environ.get("UWSGI") or shutil.which("uwsgi") or str(Path(sys.executable).parent / "uwsgi")
+        command = [
+            uwsgi,
+            *f"--http11-socket 127.0.0.1:{port} --http-keepalive --module ymir.wsgi:application --processes 1 "
+            "--threads 8 --master --need-app --die-on-term --disable-logging --tcp-nodelay".split(),
+            *f"--post-buffering {64 << 20} --virtualenv {Path(sys.prefix)}".split(),
+        ]
+    else:
+        command = [sys.executable, *python_servers[server_kind].format(port=port).split()]
+    server = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
         for _ in range(100):
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 import pytest
 import yaml
@@ -150,18 +151,22 @@ print(json.dumps({"top": top, "dim_share": conditions.count("dim") / len(conditi
 """
 
 
-def test_the_shift_score_ranks_images_unlike_the_training_set_first():
-    """Batch-norm statistics of lab images; in a field pool, the dark frames are the most unfamiliar."""
-    python = detector_python()
+def _detector_json(script: str) -> Any:
+    """Run ``script`` in the detector's Python with the executor package's folder as its argument; its JSON."""
     done = subprocess.run(
-        [python, "-c", SHIFT_SCRIPT, str(settings.YMIR_DETECTOR_FOLDER)],
+        [detector_python(), "-c", script, str(settings.YMIR_DETECTOR_FOLDER)],
         cwd=settings.BASE_DIR,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    figures = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_the_shift_score_ranks_images_unlike_the_training_set_first():
+    """Batch-norm statistics of lab images; in a field pool, the dark frames are the most unfamiliar."""
+    figures = _detector_json(SHIFT_SCRIPT)
     assert figures["top"].count("dim") >= 6, figures  # a random 20 holds about 2
     assert figures["dim_share"] < 0.2
     assert max(figures["ranks"]) == 1.0
@@ -189,15 +194,7 @@ print(json.dumps(values))
 
 def test_the_uncertain_mass_sums_the_half_seen_detections():
     """shift_mass's second signal: the summed scores between the confidence threshold and 0.5."""
-    done = subprocess.run(
-        [detector_python(), "-c", MASS_SCRIPT, str(settings.YMIR_DETECTOR_FOLDER)],
-        cwd=settings.BASE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    half_seen, sure, heap = json.loads(done.stdout)
+    half_seen, sure, heap = _detector_json(MASS_SCRIPT)
     assert abs(half_seen - 0.5) < 1e-4  # 0.3 + 0.2; neither 0.9 nor 0.04 counts
     assert sure == 0.0
     assert abs(heap - 16 * 0.25) < 1e-3
@@ -225,15 +222,7 @@ print(json.dumps({"first2": [kinds[i] for i in order[:2]], "top": [int(i) for i 
 
 def test_spread_puts_the_best_of_every_kind_first_and_keeps_the_rest_in_rank_order():
     """``spread``: candidates (the top share by rank) ordered by rank x distance to those before them."""
-    done = subprocess.run(
-        [detector_python(), "-c", SPREAD_SCRIPT, str(settings.YMIR_DETECTOR_FOLDER)],
-        cwd=settings.BASE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    figures = json.loads(done.stdout)
+    figures = _detector_json(SPREAD_SCRIPT)
     assert figures["top"][0] == 0  # the best rank opens
     assert figures["first2"] == [0, 1], figures  # then the best of the other kind, not the second best overall
     assert set(figures["top"]) == set(range(18))  # the candidates (top 60%) before every other image

@@ -8,6 +8,8 @@ from pathlib import Path
 from celery import Celery
 from kombu import Queue
 
+import ymir.broker  # noqa: F401  (registers the embedded default's broker transport, ymirfs://)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ymir.settings")
 
 app = Celery("ymir")
